@@ -1,0 +1,68 @@
+/* sysio.c - see sysio.h. */
+#include "sysio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+
+static const struct dbm_sysio real = {
+    .pwrite = pwrite,
+    .pread = pread,
+    .fsync = fsync,
+    .fdatasync = fdatasync,
+    .ftruncate = ftruncate,
+    .rename = rename,
+    .fallocate = fallocate,
+};
+
+struct dbm_sysio dbm_sys = {
+    .pwrite = pwrite,
+    .pread = pread,
+    .fsync = fsync,
+    .fdatasync = fdatasync,
+    .ftruncate = ftruncate,
+    .rename = rename,
+    .fallocate = fallocate,
+};
+
+void dbm_sysio_reset(void) { dbm_sys = real; }
+
+int dbm_pwrite_all(int fd, const void *buf, size_t n, off_t off)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = dbm_sys.pwrite(fd, p, n, off);
+        if (w < 0) {
+            int e = errno;
+            if (e == EINTR)
+                continue;
+            return -e;
+        }
+        if (w == 0)
+            return -EIO;
+        p += w;
+        n -= (size_t)w;
+        off += w;
+    }
+    return 0;
+}
+
+ssize_t dbm_pread_all(int fd, void *buf, size_t n, off_t off)
+{
+    char *p = buf;
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = dbm_sys.pread(fd, p + got, n - got, off + (off_t)got);
+        if (r < 0) {
+            int e = errno;
+            if (e == EINTR)
+                continue;
+            return -e;
+        }
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
