@@ -1,0 +1,701 @@
+/* capture.c - commit detection: turns what SQLite writes into the files of a
+ * database into committed transactions in the page store, recorded (durably)
+ * before the file operation that commits them reaches the disk.
+ *
+ * Rollback-journal modes: the daemon tracks the pages written to the
+ * database file while the journal is hot; the commit point is the journal's
+ * deletion (DELETE), truncation to 0 (TRUNCATE) or zeroed header (PERSIST).
+ * The dirty pages are read back from the database file and appended before
+ * that operation is carried out. A ROLLBACK that had spilled pages restores
+ * them exactly: pages equal to the recorded ones are dropped, so a rolled
+ * back transaction is never recorded.
+ *
+ * WAL mode: frames are validated (salts, cumulative checksums) as they
+ * complete; a valid commit frame closes a transaction, appended before the
+ * write of that frame returns. A cursor file (capture/<db>.walpos) says how
+ * far the current WAL generation was captured, so capture resumes from the
+ * on-disk WAL after a crash (it is written without fsync: if lost, frames
+ * are captured again, which records the same state twice, never less).
+ *
+ * All functions run with b->mu held (livedb_i.h). */
+#include <errno.h>
+#include <stddef.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "crc32c.h"
+#include "livedb_i.h"
+#include "log.h"
+#include "pagestore.h"
+#include "sysio.h"
+#include "timefmt.h"
+
+#define SUPPORTED_MODES "supported: journal_mode DELETE, TRUNCATE, PERSIST or WAL"
+
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* ---- dirty page set ---- */
+
+static int dirty_add(struct base *b, uint32_t pgno)
+{
+    size_t byte = pgno / 8;
+    if (byte >= b->dirty_bits_len) {
+        size_t nl = b->dirty_bits_len ? b->dirty_bits_len : 64;
+        while (nl <= byte)
+            nl *= 2;
+        uint8_t *tmp = realloc(b->dirty_bits, nl);
+        if (!tmp)
+            return -ENOMEM;
+        memset(tmp + b->dirty_bits_len, 0, nl - b->dirty_bits_len);
+        b->dirty_bits = tmp;
+        b->dirty_bits_len = nl;
+    }
+    if (b->dirty_bits[byte] & (1u << (pgno % 8)))
+        return 0;
+    if (b->ndirty == b->dirty_cap) {
+        size_t nc = b->dirty_cap ? b->dirty_cap * 2 : 64;
+        uint32_t *tmp = realloc(b->dirty, nc * sizeof *tmp);
+        if (!tmp)
+            return -ENOMEM;
+        b->dirty = tmp;
+        b->dirty_cap = nc;
+    }
+    b->dirty_bits[byte] |= (uint8_t)(1u << (pgno % 8));
+    b->dirty[b->ndirty++] = pgno;
+    return 0;
+}
+
+static void dirty_clear(struct base *b)
+{
+    for (size_t i = 0; i < b->ndirty; i++)
+        b->dirty_bits[b->dirty[i] / 8] = 0;
+    b->ndirty = 0;
+}
+
+static int u32_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* ---- timeline ---- */
+
+static int ensure_timeline(struct base *b, uint32_t page_size, uint64_t now)
+{
+    struct dbm_livedb *l = b->l;
+    if (b->tl && b->page_size == page_size)
+        return 0;
+    if (b->tl) {
+        /* a VACUUM changed the page size: the name continues on a new timeline */
+        dbm_notice("%s/%s: page size changed from %u to %u: history continues on a new timeline", l->env, b->name,
+                   b->page_size, page_size);
+        dbm_cap_forget_history(b, now);
+    }
+    uint64_t id;
+    int rc = dbm_tl_create(l->store, page_size, 0, 0, &id);
+    if (rc < 0)
+        return rc;
+    if ((rc = dbm_tl_open(l->store, id, &b->tl)) < 0) {
+        dbm_tl_drop(l->store, id);
+        return rc;
+    }
+    if ((rc = dbm_catalog_db_add(l->cat, l->env, b->name, id, now, &b->cat_id)) < 0) {
+        dbm_tl_close(b->tl);
+        b->tl = NULL;
+        dbm_tl_drop(l->store, id);
+        return rc;
+    }
+    b->page_size = page_size;
+    b->db_pages = 0;
+    dbm_info("%s/%s: recording history on timeline %llx", l->env, b->name, (unsigned long long)id);
+    return 0;
+}
+
+void dbm_cap_forget_history(struct base *b, uint64_t now_ns)
+{
+    if (b->cat_id)
+        dbm_catalog_db_drop(b->l->cat, b->cat_id, now_ns);
+    dbm_tl_close(b->tl);
+    b->tl = NULL;
+    b->cat_id = 0;
+    b->page_size = 0;
+    b->db_pages = 0;
+    b->last_counter = 0;
+    dirty_clear(b);
+    b->wal_ok = 0;
+}
+
+void dbm_cap_free(struct base *b)
+{
+    dbm_tl_close(b->tl);
+    b->tl = NULL;
+    free(b->dirty_bits);
+    free(b->dirty);
+    if (b->cursor_fd >= 0)
+        close(b->cursor_fd);
+}
+
+/* Reads page 1's header from the database file. -ENODATA if it is empty. */
+static int read_dbhdr(struct base *b, struct dbm_dbhdr *h, uint64_t *size)
+{
+    uint8_t buf[100];
+    struct stat st;
+    int rc = dbm_cap_ensure_fd(b->l, b->db);
+    if (rc < 0)
+        return rc;
+    if (fstat(b->db->fd, &st) < 0)
+        return -errno;
+    *size = (uint64_t)st.st_size;
+    if (st.st_size < 100)
+        return -ENODATA;
+    ssize_t n = dbm_pread_all(b->db->fd, buf, sizeof buf, 0);
+    if (n < (ssize_t)sizeof buf)
+        return n < 0 ? (int)n : -EIO;
+    return dbm_dbhdr_parse(buf, sizeof buf, h);
+}
+
+/* Appends one transaction; on success updates what the base knows. */
+static int record(struct base *b, uint32_t page_size, uint32_t db_pages, struct dbm_page_write *pw, size_t n)
+{
+    uint64_t now = dbm_now_ns();
+    int rc = ensure_timeline(b, page_size, now);
+    if (rc < 0)
+        return rc;
+    uint64_t txid;
+    if ((rc = dbm_tl_append(b->tl, now, db_pages, pw, n, &txid)) < 0) {
+        dbm_err("%s/%s: cannot record a commit (%s): the commit is refused and SQLite will roll it back", b->l->env,
+                b->name, strerror(-rc));
+        return rc;
+    }
+    b->db_pages = db_pages;
+    b->captured++;
+    for (size_t i = 0; i < n; i++)
+        if (pw[i].pgno == 1)
+            b->last_counter = be32((const uint8_t *)pw[i].data + 24);
+    return 0;
+}
+
+/* ---- rollback-journal modes ---- */
+
+int dbm_cap_db_check_write(struct base *b, off_t off, size_t size)
+{
+    (void)off, (void)size;
+    if (b->wal_mode || b->journal_active)
+        return 0;
+    b->refused++;
+    dbm_err("%s/%s: write to the database with no rollback journal and not in WAL mode (journal_mode MEMORY or "
+            "OFF?): refused, history would be lost; " SUPPORTED_MODES,
+            b->l->env, b->name);
+    return -EPERM;
+}
+
+int dbm_cap_db_written(struct base *b, const void *buf, size_t size, off_t off)
+{
+    if (off == 0 && size >= 100) {
+        struct dbm_dbhdr h;
+        if (dbm_dbhdr_parse(buf, size, &h) == 0) {
+            b->hdr_ps = h.page_size;
+            b->wal_mode = h.write_version == 2;
+        }
+    }
+    if (b->wal_mode || size == 0)
+        return 0; /* a checkpoint: the WAL frames were recorded already */
+    if (!b->hdr_ps) {
+        struct dbm_dbhdr h;
+        uint64_t fsz;
+        if (read_dbhdr(b, &h, &fsz) < 0)
+            return -EIO;
+        b->hdr_ps = h.page_size;
+    }
+    uint32_t first = (uint32_t)((uint64_t)off / b->hdr_ps) + 1;
+    uint32_t last = (uint32_t)(((uint64_t)off + size - 1) / b->hdr_ps) + 1;
+    for (uint32_t p = first; p <= last; p++) {
+        int rc = dirty_add(b, p);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+int dbm_cap_journal_written(struct base *b, off_t off, size_t size)
+{
+    (void)size;
+    if (off >= 8 || !b->journal)
+        return 0;
+    uint8_t magic[8];
+    ssize_t n = dbm_pread_all(b->journal->fd, magic, sizeof magic, 0);
+    static const uint8_t jmagic[8] = { 0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7 };
+    b->journal_active = n == 8 && memcmp(magic, jmagic, 8) == 0;
+    return 0;
+}
+
+/* Pages of the dirty set that differ from what is recorded; the rest are
+ * dropped from pw. Returns the new count or -errno. */
+static ssize_t drop_unchanged(struct base *b, struct dbm_page_write *pw, size_t n)
+{
+    struct dbm_tl_stat st;
+    if (!b->tl || dbm_tl_stat(b->tl, &st) < 0 || !st.last_txid)
+        return (ssize_t)n;
+    uint8_t *cur = malloc(b->page_size);
+    if (!cur)
+        return -ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        int rc = dbm_tl_read_page(b->tl, st.last_txid, pw[i].pgno, cur);
+        if (rc < 0) {
+            free(cur);
+            return rc;
+        }
+        if (rc == 1 || memcmp(cur, pw[i].data, b->page_size) != 0)
+            pw[k++] = pw[i];
+    }
+    free(cur);
+    return (ssize_t)k;
+}
+
+/* Records the transaction whose pages are in the dirty set. */
+static int rb_commit(struct base *b)
+{
+    if (!b->db || b->ndirty == 0) {
+        dirty_clear(b);
+        return 0;
+    }
+    struct dbm_dbhdr h;
+    uint64_t fsz;
+    int rc = read_dbhdr(b, &h, &fsz);
+    if (rc == -ENODATA) {
+        dirty_clear(b);
+        return 0;
+    }
+    if (rc < 0) {
+        dbm_err("%s/%s: page 1 is not a SQLite header at commit: refusing to record garbage", b->l->env, b->name);
+        return -EIO;
+    }
+    uint32_t ps = h.page_size, db_pages = (uint32_t)(fsz / ps);
+    qsort(b->dirty, b->ndirty, sizeof *b->dirty, u32_cmp);
+    size_t n = 0;
+    while (n < b->ndirty && b->dirty[n] <= db_pages)
+        n++;
+    uint8_t *data = malloc(n * (size_t)ps + 1);
+    struct dbm_page_write *pw = malloc((n + 1) * sizeof *pw);
+    if (!data || !pw) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        ssize_t r = dbm_pread_all(b->db->fd, data + i * ps, ps, (off_t)(b->dirty[i] - 1) * ps);
+        if (r != (ssize_t)ps) {
+            rc = r < 0 ? (int)r : -EIO;
+            goto out;
+        }
+        pw[i].pgno = b->dirty[i];
+        pw[i].data = data + i * ps;
+    }
+    if (b->tl && b->page_size == ps && h.change_counter == b->last_counter) {
+        /* no new change counter: a rollback restoring pages, or exclusive
+         * locking mode (which bumps it once): keep what really changed */
+        ssize_t k = drop_unchanged(b, pw, n);
+        if (k < 0) {
+            rc = (int)k;
+            goto out;
+        }
+        n = (size_t)k;
+        if (n == 0 && db_pages == b->db_pages) {
+            rc = 0;
+            goto done;
+        }
+    }
+    if ((rc = record(b, ps, db_pages, pw, n)) < 0)
+        goto out;
+done:
+    dirty_clear(b);
+out:
+    free(data);
+    free(pw);
+    return rc;
+}
+
+int dbm_cap_journal_commit(struct base *b, enum jmode how)
+{
+    int rc = rb_commit(b);
+    if (rc < 0)
+        return rc;
+    b->journal_active = 0;
+    b->mode = how;
+    return 0;
+}
+
+/* ---- WAL ---- */
+
+struct walpos {
+    uint32_t magic, salt1, salt2, s1, s2, page_size;
+    uint64_t next_frame;
+    uint32_t pad, crc;
+};
+#define WALPOS_MAGIC 0x57504f53u
+
+static void cursor_save(struct base *b)
+{
+    if (b->cursor_fd < 0) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s.walpos", b->l->capdir, b->name);
+        b->cursor_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+        if (b->cursor_fd < 0)
+            return;
+    }
+    struct walpos p = { .magic = WALPOS_MAGIC, .salt1 = b->wh.salt1, .salt2 = b->wh.salt2, .s1 = b->ck.s1,
+                        .s2 = b->ck.s2, .page_size = b->wh.page_size, .next_frame = b->next_frame };
+    p.crc = dbm_crc32c(0, &p, offsetof(struct walpos, crc));
+    if (pwrite(b->cursor_fd, &p, sizeof p, 0) != sizeof p)
+        dbm_warn("%s/%s: cannot save the WAL capture cursor: %s", b->l->env, b->name, strerror(errno));
+}
+
+static int cursor_load(struct base *b, struct walpos *p)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.walpos", b->l->capdir, b->name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = pread(fd, p, sizeof *p, 0);
+    close(fd);
+    if (n != sizeof *p || p->magic != WALPOS_MAGIC || p->crc != dbm_crc32c(0, p, offsetof(struct walpos, crc)))
+        return -EINVAL;
+    return 0;
+}
+
+void dbm_cap_wal_reset(struct base *b) { b->wal_ok = 0; }
+
+/* (Re)reads the WAL header; a new generation starts capture at frame 0. */
+static void wal_header(struct base *b)
+{
+    uint8_t buf[DBM_WAL_HDR_SIZE];
+    struct dbm_walhdr h;
+    if (dbm_pread_all(b->wal->fd, buf, sizeof buf, 0) != sizeof buf || dbm_walhdr_parse(buf, sizeof buf, &h) < 0) {
+        b->wal_ok = 0;
+        return;
+    }
+    if (b->wal_ok && h.salt1 == b->wh.salt1 && h.salt2 == b->wh.salt2)
+        return;
+    b->wh = h;
+    dbm_walck_init(&b->ck, &h);
+    b->next_frame = 0;
+    b->wal_ok = 1;
+    cursor_save(b);
+}
+
+struct walframe_buf {
+    uint32_t pgno;
+    uint8_t *data;
+};
+
+static int pgno_cmp(const void *a, const void *b)
+{
+    const struct walframe_buf *x = a, *y = b;
+    if (x->pgno != y->pgno)
+        return x->pgno < y->pgno ? -1 : 1;
+    return x->data < y->data ? 1 : -1; /* later frames (higher addresses) first */
+}
+
+/* Captures the next committed transaction of the WAL, if its frames are
+ * complete and valid up to a commit frame at index <= limit. 1 if one was
+ * recorded, 0 if none is complete, -errno. */
+static int wal_capture_one(struct base *b, uint64_t limit)
+{
+    uint32_t ps = b->wh.page_size;
+    size_t fsz = DBM_WAL_FRAME_HDR_SIZE + ps;
+    struct dbm_walck ck = b->ck;
+    size_t cap = 16, n = 0;
+    uint8_t *frames = malloc(cap * fsz);
+    if (!frames)
+        return -ENOMEM;
+    int rc = 0;
+    uint32_t commit_pages = 0;
+    for (uint64_t i = b->next_frame; i <= limit; i++) {
+        if (n == cap) {
+            uint8_t *tmp = realloc(frames, cap * 2 * fsz);
+            if (!tmp) {
+                rc = -ENOMEM;
+                goto out;
+            }
+            frames = tmp;
+            cap *= 2;
+        }
+        uint8_t *f = frames + n * fsz;
+        if (dbm_pread_all(b->wal->fd, f, fsz, (off_t)dbm_wal_frame_off(ps, i)) != (ssize_t)fsz)
+            goto out; /* not written yet */
+        struct dbm_walframe fr;
+        if (dbm_walframe_check(f, ps, &b->wh, &ck, &fr) < 0)
+            goto out; /* not complete (or a later generation's leftovers) */
+        n++;
+        if (fr.commit_pages) {
+            commit_pages = fr.commit_pages;
+            break;
+        }
+    }
+    if (!commit_pages)
+        goto out;
+    /* the last frame of each page wins; pages past the new size are dropped */
+    struct walframe_buf *v = malloc(n * sizeof *v);
+    struct dbm_page_write *pw = malloc(n * sizeof *pw);
+    if (!v || !pw) {
+        free(v);
+        free(pw);
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        v[i].pgno = be32(frames + i * fsz);
+        v[i].data = frames + i * fsz + DBM_WAL_FRAME_HDR_SIZE;
+    }
+    qsort(v, n, sizeof *v, pgno_cmp);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if ((i > 0 && v[i].pgno == v[i - 1].pgno) || v[i].pgno > commit_pages)
+            continue;
+        pw[k].pgno = v[i].pgno;
+        pw[k++].data = v[i].data;
+    }
+    rc = record(b, ps, commit_pages, pw, k);
+    free(v);
+    free(pw);
+    if (rc == 0) {
+        b->ck = ck;
+        b->next_frame += n;
+        b->mode = JM_WAL;
+        cursor_save(b);
+        rc = 1;
+    }
+out:
+    free(frames);
+    return rc;
+}
+
+/* Makes a commit frame that could not be recorded invalid on disk, so that
+ * no later WAL recovery by SQLite resurrects a commit the writer saw fail. */
+static void wal_unsign(struct base *b, uint64_t frame)
+{
+    static const uint8_t zero[8];
+    uint64_t off = dbm_wal_frame_off(b->wh.page_size, frame) + 8; /* salt-1, salt-2 */
+    if (dbm_pwrite_all(b->wal->fd, zero, sizeof zero, (off_t)off) < 0)
+        dbm_err("%s/%s: cannot invalidate WAL frame %llu after a failed capture: %s", b->l->env, b->name,
+                (unsigned long long)frame, strerror(errno));
+}
+
+int dbm_cap_wal_written(struct base *b, off_t off, size_t size)
+{
+    if (!b->wal || size == 0)
+        return 0;
+    if (off < DBM_WAL_HDR_SIZE) {
+        wal_header(b);
+        return 0;
+    }
+    if (!b->wal_ok)
+        wal_header(b);
+    if (!b->wal_ok)
+        return 0;
+    uint32_t ps = b->wh.page_size;
+    uint64_t fsz = DBM_WAL_FRAME_HDR_SIZE + ps;
+    uint64_t frame = ((uint64_t)off + size - 1 - DBM_WAL_HDR_SIZE) / fsz;
+    if (frame < b->next_frame)
+        return 0;
+    uint8_t fh[DBM_WAL_FRAME_HDR_SIZE];
+    if (dbm_pread_all(b->wal->fd, fh, sizeof fh, (off_t)dbm_wal_frame_off(ps, frame)) != sizeof fh)
+        return 0;
+    if (be32(fh + 4) == 0 || be32(fh + 8) != b->wh.salt1 || be32(fh + 12) != b->wh.salt2)
+        return 0; /* not a commit frame of this generation (yet) */
+    int rc;
+    while ((rc = wal_capture_one(b, frame)) == 1)
+        ;
+    if (rc < 0) {
+        wal_unsign(b, frame);
+        return rc;
+    }
+    return 0;
+}
+
+/* ---- start-up ---- */
+
+/* Journal records: after each header (one sector), nrec records of
+ * (pgno, page, checksum); further headers start at sector boundaries. */
+static int journal_pages_match(struct base *b, int *match)
+{
+    int jfd = b->journal->fd;
+    struct stat st;
+    if (fstat(jfd, &st) < 0)
+        return -errno;
+    uint8_t hdr[28];
+    uint64_t off = 0, jsize = (uint64_t)st.st_size;
+    uint8_t *page = malloc(b->page_size), *cur = malloc(b->page_size);
+    int rc = 0;
+    *match = 1;
+    if (!page || !cur) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    while (off + 28 <= jsize && *match) {
+        struct dbm_jhdr jh;
+        if (dbm_pread_all(jfd, hdr, sizeof hdr, (off_t)off) != sizeof hdr || dbm_jhdr_parse(hdr, sizeof hdr, &jh) != 1)
+            break;
+        if (jh.page_size != b->page_size || jh.sector_size < 28) {
+            *match = 0;
+            break;
+        }
+        uint64_t rec = off + jh.sector_size, rsz = 8 + (uint64_t)b->page_size;
+        uint64_t nrec = jh.nrec == 0xffffffffu ? (jsize - rec) / rsz : jh.nrec;
+        for (uint64_t i = 0; i < nrec && rec + rsz <= jsize && *match; i++, rec += rsz) {
+            uint8_t pg[4];
+            if (dbm_pread_all(jfd, pg, 4, (off_t)rec) != 4) {
+                rc = -EIO;
+                goto out;
+            }
+            uint32_t pgno = be32(pg);
+            ssize_t r = dbm_pread_all(b->db->fd, page, b->page_size, (off_t)(pgno - 1) * b->page_size);
+            if (r < 0) {
+                rc = (int)r;
+                goto out;
+            }
+            if ((size_t)r < b->page_size)
+                memset(page + r, 0, b->page_size - (size_t)r);
+            if ((rc = dbm_tl_read_page(b->tl, b->tl ? UINT64_MAX : 0, pgno, cur)) < 0)
+                goto out;
+            *match = memcmp(page, cur, b->page_size) == 0;
+        }
+        off = (rec + jh.sector_size - 1) / jh.sector_size * jh.sector_size;
+        if (jh.nrec == 0xffffffffu || jh.nrec == 0)
+            break;
+    }
+out:
+    free(page);
+    free(cur);
+    return rc;
+}
+
+/* A hot journal found at start-up: if the database file already equals the
+ * recorded history on every page it covers, the transaction was recorded
+ * before the crash (or never reached the file): finish it by removing the
+ * journal. Otherwise SQLite rolls it back on the next open. */
+static int journal_recover(struct base *b)
+{
+    if (dbm_cap_ensure_fd(b->l, b->journal) < 0)
+        return 0;
+    uint8_t hdr[28];
+    struct dbm_jhdr jh;
+    if (dbm_pread_all(b->journal->fd, hdr, sizeof hdr, 0) != sizeof hdr || dbm_jhdr_parse(hdr, sizeof hdr, &jh) != 1)
+        return 0; /* not hot */
+    b->journal_active = 1;
+    if (!b->tl)
+        return 0;
+    struct dbm_tl_stat ts;
+    int match = 0, rc = dbm_tl_stat(b->tl, &ts);
+    if (rc == 0 && ts.last_txid)
+        rc = journal_pages_match(b, &match);
+    else
+        match = 0;
+    if (rc < 0)
+        return rc;
+    struct stat st;
+    if (match && fstat(b->db->fd, &st) == 0 && (uint64_t)st.st_size >= (uint64_t)ts.db_pages * b->page_size) {
+        if (ftruncate(b->db->fd, (off_t)ts.db_pages * b->page_size) < 0 || fsync(b->db->fd) < 0)
+            return -errno;
+        if (unlinkat(b->l->dirfd, b->journal->name, 0) < 0)
+            return -errno;
+        fsync(b->l->dirfd);
+        b->journal->unlinked = 1;
+        b->journal = NULL;
+        b->journal_active = 0;
+        dbm_notice("%s/%s: finished a transaction recorded before a crash (removed its journal)", b->l->env, b->name);
+    } else {
+        dbm_notice("%s/%s: hot journal left by a crash: SQLite rolls it back on the next open", b->l->env, b->name);
+    }
+    return 0;
+}
+
+static int wal_recover(struct base *b)
+{
+    if (dbm_cap_ensure_fd(b->l, b->wal) < 0)
+        return 0;
+    wal_header(b);
+    if (!b->wal_ok)
+        return 0;
+    struct walpos p;
+    if (cursor_load(b, &p) == 0 && p.salt1 == b->wh.salt1 && p.salt2 == b->wh.salt2 &&
+        p.page_size == b->wh.page_size) {
+        b->ck.s1 = p.s1;
+        b->ck.s2 = p.s2;
+        b->next_frame = p.next_frame;
+    }
+    int rc, n = 0;
+    while ((rc = wal_capture_one(b, UINT64_MAX)) == 1)
+        n++;
+    if (n)
+        dbm_notice("%s/%s: captured %d committed transaction%s from the WAL after a restart", b->l->env, b->name, n,
+                   n == 1 ? "" : "s");
+    return rc < 0 ? rc : 0;
+}
+
+/* Records the whole database file as one transaction (a history that does
+ * not match the file, e.g. a file put in place by hand). */
+static int resync(struct base *b, uint64_t fsz, uint32_t ps)
+{
+    dbm_warn("%s/%s: the database file does not match its recorded history: recording it whole", b->l->env, b->name);
+    for (uint32_t p = 1; p <= fsz / ps; p++) {
+        int rc = dirty_add(b, p);
+        if (rc < 0)
+            return rc;
+    }
+    b->last_counter ^= 1; /* force: record even pages equal to the history */
+    return rb_commit(b);
+}
+
+int dbm_cap_recover(struct base *b)
+{
+    struct dbm_livedb *l = b->l;
+    if (!b->db)
+        return 0;
+    struct dbm_cat_db cd;
+    int rc = dbm_catalog_db_live(l->cat, l->env, b->name, &cd);
+    if (rc == 0) {
+        if ((rc = dbm_tl_open(l->store, cd.timeline, &b->tl)) < 0) {
+            dbm_err("%s/%s: cannot open its history (timeline %llx): %s", l->env, b->name,
+                    (unsigned long long)cd.timeline, strerror(-rc));
+            return rc;
+        }
+        struct dbm_tl_stat ts;
+        dbm_tl_stat(b->tl, &ts);
+        b->cat_id = cd.id;
+        b->page_size = ts.page_size;
+        b->db_pages = ts.db_pages;
+        uint8_t *p1 = malloc(ts.page_size);
+        if (!p1)
+            return -ENOMEM;
+        if (ts.last_txid && dbm_tl_read_page(b->tl, ts.last_txid, 1, p1) == 0)
+            b->last_counter = be32(p1 + 24);
+        free(p1);
+    } else if (rc != -ENOENT) {
+        return rc;
+    }
+    struct dbm_dbhdr h;
+    uint64_t fsz = 0;
+    rc = read_dbhdr(b, &h, &fsz);
+    if (rc == 0) {
+        b->hdr_ps = h.page_size;
+        b->wal_mode = h.write_version == 2;
+    }
+    if (b->wal && (rc = wal_recover(b)) < 0)
+        return rc;
+    if (b->journal)
+        return journal_recover(b);
+    if (b->wal_mode || fsz < 100)
+        return 0;
+    if (!b->tl || h.change_counter != b->last_counter || b->db_pages != fsz / h.page_size)
+        return resync(b, fsz, h.page_size);
+    return 0;
+}

@@ -1,0 +1,69 @@
+/* daemon.h - the daemon's state: the state directory and its lock, the
+ * current configuration (swapped whole on reload), the catalog, the page
+ * store and one runtime object per environment.
+ *
+ * Lock order (outermost first): dbm_daemon.cfg_lock -> dbm_env locks (see
+ * livedb.h) -> page store locks -> catalog lock. */
+#ifndef DBM_DAEMON_H
+#define DBM_DAEMON_H
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "config.h"
+
+struct dbm_catalog;
+struct dbm_store;
+struct dbm_livedb;
+
+#define DBM_LOCK_FILE "lock"
+
+/* One environment's runtime. Created when the config first declares it and
+ * kept until the daemon exits (so inode numbers stay meaningful); conf is
+ * NULL while a reload has removed it (it is then hidden). */
+struct dbm_env {
+    int index;                        /* in dbm_daemon.envs; part of inode numbers */
+    char name[DBM_ENV_NAME_MAX + 1];
+    const struct dbm_env_conf *conf;  /* points into the current config; read under cfg_lock */
+    uint64_t created_ns;              /* timestamps shown by ls -l */
+    _Atomic uint64_t changed_ns;
+    struct dbm_livedb *live;          /* the db/ directory (livedb.h) */
+};
+
+struct dbm_daemon {
+    char *state_dir;
+    int lock_fd;                      /* flock'd for the daemon's life */
+    int foreground;
+    pthread_rwlock_t cfg_lock;        /* protects cfg and every env->conf */
+    struct dbm_config *cfg;
+    struct dbm_catalog *cat;
+    struct dbm_store *store;
+    struct dbm_env *envs[DBM_MAX_ENVS * 4];
+    int nenvs;
+    uint64_t start_ns;
+    _Atomic uint64_t reloads, reload_failures;
+    uid_t mount_uid;                  /* owner of README and status */
+    gid_t mount_gid;
+};
+
+/* --init: creates dir (or uses an empty existing one) with the commented
+ * default config. Refuses (-EEXIST) to touch a directory that has one.
+ * Prints nothing; err gets a message on failure. */
+int dbm_daemon_init_state(const char *dir, char *err, size_t errsz);
+
+/* Validates and opens the state directory: takes its lock (-EBUSY if
+ * another daemon holds it), loads the config, opens the catalog and the
+ * page store, builds the environments. err gets a message on failure. */
+int dbm_daemon_open(const char *state_dir, struct dbm_daemon **out, char *err, size_t errsz);
+void dbm_daemon_close(struct dbm_daemon *d); /* accepts NULL and half-built objects */
+
+/* SIGHUP: parses the config again; on success swaps it in and returns 0; on
+ * failure keeps the old one, logs why and returns -errno. */
+int dbm_daemon_reload(struct dbm_daemon *d);
+
+/* The environment runtime by name or by index, visible (declared in the
+ * current config) or NULL. Call under cfg_lock (read). */
+struct dbm_env *dbm_daemon_env(struct dbm_daemon *d, const char *name);
+struct dbm_env *dbm_daemon_env_at(struct dbm_daemon *d, int index);
+
+#endif

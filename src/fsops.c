@@ -1,0 +1,764 @@
+/* fsops.c - see fsops.h.
+ *
+ * Inode numbers encode what a node is, so most of the tree needs no table:
+ *   1 root, 2 /README, 3 /status,
+ *   (kind << 56) | (env index << 40) | id  for everything in an environment.
+ * db/ files carry the livedb's file id. Each handler sends exactly one reply;
+ * no lock is held across a reply. */
+#include "fsops.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "livedb.h"
+#include "log.h"
+#include "strutil.h"
+#include "textgen.h"
+#include "timefmt.h"
+
+enum kind {
+    K_TOP = 0,      /* ino 1..3 */
+    K_ENV = 1,      /* <env>/ */
+    K_ENV_INFO,     /* <env>/info */
+    K_ENV_STATUS,   /* <env>/status */
+    K_DBDIR,        /* <env>/db/ */
+    K_DBFILE,       /* <env>/db/<file> (id = livedb file id) */
+};
+
+#define INO_ROOT 1
+#define INO_README 2
+#define INO_STATUS 3
+#define KIND_SHIFT 56
+#define ENV_SHIFT 40
+#define ID_MASK ((1ULL << ENV_SHIFT) - 1)
+
+static fuse_ino_t mkino(enum kind k, int env, uint64_t id)
+{
+    return ((uint64_t)k << KIND_SHIFT) | ((uint64_t)env << ENV_SHIFT) | (id & ID_MASK);
+}
+static enum kind ino_kind(fuse_ino_t ino) { return (enum kind)(ino >> KIND_SHIFT); }
+static int ino_env(fuse_ino_t ino) { return (int)((ino >> ENV_SHIFT) & 0xffff); }
+static uint64_t ino_id(fuse_ino_t ino) { return ino & ID_MASK; }
+
+/* How long the kernel may cache: text files are regenerated on every open,
+ * so their attributes are never cached; the tree's shape changes only on
+ * reload; db files change only through this mount. */
+#define TTL_TEXT 0.0
+#define TTL_DIR 1.0
+#define TTL_DB 1.0
+
+struct textfh {
+    size_t len;
+    char data[];
+};
+
+static struct dbm_daemon *D(fuse_req_t req) { return fuse_req_userdata(req); }
+
+static void ns_to_ts(uint64_t ns, struct timespec *ts)
+{
+    ts->tv_sec = (time_t)(ns / DBM_NS_PER_SEC);
+    ts->tv_nsec = (long)(ns % DBM_NS_PER_SEC);
+}
+
+/* Caller identity and rights. */
+static int caller_may(fuse_req_t req, const struct dbm_env_conf *c, int want)
+{
+    const struct fuse_ctx *ctx = fuse_req_ctx(req);
+    gid_t groups[64];
+    int n = fuse_req_getgroups(req, 64, groups);
+    if (n < 0 || n > 64)
+        n = 0;
+    return dbm_env_allows(c, ctx->uid, ctx->gid, groups, (size_t)n, want);
+}
+
+/* Generates a text file's content (cfg_lock held for reading). -ENOENT if
+ * the node is gone (environment removed by a reload). */
+static int gen_text(struct dbm_daemon *d, fuse_ino_t ino, struct dbm_sbuf *b)
+{
+    if (ino == INO_README) {
+        dbm_text_readme(d, b);
+        return 0;
+    }
+    if (ino == INO_STATUS) {
+        pthread_rwlock_unlock(&d->cfg_lock); /* root status takes the lock itself */
+        dbm_text_root_status(d, b);
+        pthread_rwlock_rdlock(&d->cfg_lock);
+        return 0;
+    }
+    struct dbm_env *e = dbm_daemon_env_at(d, ino_env(ino));
+    if (!e)
+        return -ENOENT;
+    if (ino_kind(ino) == K_ENV_INFO)
+        dbm_text_env_info(d, e, b);
+    else
+        dbm_text_env_status(d, e, b);
+    return 0;
+}
+
+static int is_text(fuse_ino_t ino)
+{
+    return ino == INO_README || ino == INO_STATUS || ino_kind(ino) == K_ENV_INFO || ino_kind(ino) == K_ENV_STATUS;
+}
+
+/* Fills st for any node but db files. cfg_lock held for reading. */
+static int node_attr(struct dbm_daemon *d, fuse_ino_t ino, struct stat *st, size_t text_len)
+{
+    memset(st, 0, sizeof *st);
+    st->st_ino = ino;
+    st->st_nlink = 1;
+    st->st_blksize = 4096;
+    uint64_t now = dbm_now_ns();
+    if (ino_kind(ino) == K_TOP) {
+        st->st_uid = d->mount_uid;
+        st->st_gid = d->mount_gid;
+        ns_to_ts(d->start_ns, &st->st_mtim);
+        if (ino == INO_ROOT) {
+            st->st_mode = S_IFDIR | 0755;
+            st->st_nlink = 2 + (nlink_t)d->cfg->nenvs;
+        } else if (ino == INO_README) {
+            st->st_mode = S_IFREG | 0444;
+        } else if (ino == INO_STATUS) {
+            st->st_mode = S_IFREG | 0444;
+            ns_to_ts(now, &st->st_mtim);
+        } else {
+            return -ENOENT;
+        }
+    } else {
+        struct dbm_env *e = dbm_daemon_env_at(d, ino_env(ino));
+        if (!e)
+            return -ENOENT;
+        const struct dbm_env_conf *c = e->conf;
+        st->st_uid = c->owner;
+        st->st_gid = c->group;
+        ns_to_ts(e->changed_ns, &st->st_mtim);
+        switch (ino_kind(ino)) {
+        case K_ENV:
+            st->st_mode = S_IFDIR | c->mode;
+            st->st_nlink = 3;
+            ns_to_ts(e->created_ns, &st->st_mtim);
+            break;
+        case K_DBDIR:
+            st->st_mode = S_IFDIR | c->mode;
+            st->st_nlink = 2;
+            break;
+        case K_ENV_INFO:
+            st->st_mode = S_IFREG | (c->mode & 0444);
+            break;
+        case K_ENV_STATUS:
+            st->st_mode = S_IFREG | (c->mode & 0444);
+            ns_to_ts(now, &st->st_mtim);
+            break;
+        default:
+            return -ENOENT;
+        }
+    }
+    st->st_atim = st->st_ctim = st->st_mtim;
+    if (is_text(ino)) {
+        st->st_size = (off_t)text_len;
+        st->st_blocks = (blkcnt_t)((text_len + 511) / 512);
+    }
+    return 0;
+}
+
+/* Attributes of a node, generating text content to know its size. */
+static int attr_of(struct dbm_daemon *d, fuse_ino_t ino, struct stat *st, double *ttl)
+{
+    if (ino_kind(ino) == K_DBFILE) {
+        struct dbm_env *e = dbm_daemon_env_at(d, ino_env(ino));
+        if (!e)
+            return -ENOENT;
+        *ttl = TTL_DB;
+        int rc = dbm_livedb_getattr(e->live, ino_id(ino), st);
+        st->st_ino = ino;
+        return rc;
+    }
+    size_t len = 0;
+    if (is_text(ino)) {
+        struct dbm_sbuf b = { 0 };
+        int rc = gen_text(d, ino, &b);
+        len = b.len;
+        dbm_sbuf_free(&b);
+        if (rc < 0)
+            return rc;
+        *ttl = TTL_TEXT;
+    } else {
+        *ttl = TTL_DIR;
+    }
+    return node_attr(d, ino, st, len);
+}
+
+static void reply_entry(fuse_req_t req, fuse_ino_t ino, const struct stat *st, double ttl)
+{
+    struct fuse_entry_param e;
+    memset(&e, 0, sizeof e);
+    e.ino = ino;
+    e.attr = *st;
+    e.attr_timeout = ttl;
+    e.entry_timeout = ttl > 0 ? ttl : TTL_DIR;
+    fuse_reply_entry(req, &e);
+}
+
+/* A "not found" that the kernel may cache: SQLite probes for -journal and
+ * -wal files constantly. */
+static void reply_negative(fuse_req_t req, double ttl)
+{
+    struct fuse_entry_param e;
+    memset(&e, 0, sizeof e);
+    e.entry_timeout = ttl;
+    fuse_reply_entry(req, &e);
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+    struct dbm_daemon *d = userdata;
+    (void)d;
+    if (conn->capable & FUSE_CAP_POSIX_LOCKS)
+        conn->want |= FUSE_CAP_POSIX_LOCKS;
+    /* Explicit invalidation instead of dropping the whole cache on every
+     * mtime change (fuse-notes.md): db files change only through us. */
+    conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+    conn->want &= ~FUSE_CAP_WRITEBACK_CACHE; /* writes must reach us when SQLite makes them */
+    if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+        conn->want |= FUSE_CAP_SPLICE_WRITE;
+    conn->want &= ~FUSE_CAP_FLOCK_LOCKS;
+    conn->max_write = 1 << 20;
+    dbm_info("FUSE connection initialised (protocol %u.%u)", conn->proto_major, conn->proto_minor);
+}
+
+static int ready_fd = -1;
+
+static void op_init_ready(void *userdata, struct fuse_conn_info *conn)
+{
+    op_init(userdata, conn);
+    if (ready_fd >= 0) {
+        /* the parent waits for this byte to exit 0: the mount is usable */
+        if (write(ready_fd, "0", 1) != 1)
+            dbm_warn("cannot tell the parent the mount is ready: %s", strerror(errno));
+        close(ready_fd);
+        ready_fd = -1;
+    }
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    struct dbm_daemon *d = D(req);
+    fuse_ino_t ino = 0;
+    struct stat st;
+    double ttl = TTL_DIR;
+    int rc = -ENOENT;
+    pthread_rwlock_rdlock(&d->cfg_lock);
+    if (parent == INO_ROOT) {
+        struct dbm_env *e;
+        if (strcmp(name, "README") == 0)
+            ino = INO_README;
+        else if (strcmp(name, "status") == 0)
+            ino = INO_STATUS;
+        else if ((e = dbm_daemon_env(d, name)))
+            ino = mkino(K_ENV, e->index, 0);
+        rc = ino ? attr_of(d, ino, &st, &ttl) : -ENOENT;
+    } else {
+        struct dbm_env *e = dbm_daemon_env_at(d, ino_env(parent));
+        if (!e) {
+            rc = -ENOENT;
+        } else if (!caller_may(req, e->conf, DBM_ACCESS_READ)) {
+            rc = -EACCES;
+        } else if (ino_kind(parent) == K_ENV) {
+            if (strcmp(name, "info") == 0)
+                ino = mkino(K_ENV_INFO, e->index, 0);
+            else if (strcmp(name, "status") == 0)
+                ino = mkino(K_ENV_STATUS, e->index, 0);
+            else if (strcmp(name, "db") == 0)
+                ino = mkino(K_DBDIR, e->index, 0);
+            rc = ino ? attr_of(d, ino, &st, &ttl) : -ENOENT;
+        } else if (ino_kind(parent) == K_DBDIR) {
+            uint64_t id;
+            rc = dbm_livedb_lookup(e->live, name, &id, &st);
+            if (rc == 0) {
+                ino = mkino(K_DBFILE, e->index, id);
+                st.st_ino = ino;
+                ttl = TTL_DB;
+            }
+        } else {
+            rc = -ENOTDIR;
+        }
+    }
+    pthread_rwlock_unlock(&d->cfg_lock);
+    if (rc == 0)
+        reply_entry(req, ino, &st, ttl);
+    else if (rc == -ENOENT && ino_kind(parent) == K_DBDIR)
+        reply_negative(req, TTL_DB);
+    else
+        fuse_reply_err(req, -rc);
+}
+
+static void forget_one(struct dbm_daemon *d, fuse_ino_t ino, uint64_t n)
+{
+    if (ino_kind(ino) != K_DBFILE)
+        return;
+    int idx = ino_env(ino);
+    /* the runtime outlives reloads, so a hidden env still forgets */
+    if (idx < d->nenvs)
+        dbm_livedb_forget(d->envs[idx]->live, ino_id(ino), n);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+    forget_one(D(req), ino, nlookup);
+    fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *f)
+{
+    for (size_t i = 0; i < count; i++)
+        forget_one(D(req), f[i].ino, f[i].nlookup);
+    fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct dbm_daemon *d = D(req);
+    struct stat st;
+    double ttl;
+    int rc;
+    pthread_rwlock_rdlock(&d->cfg_lock);
+    if (fi && is_text(ino) && fi->fh) {
+        /* fstat on an open text file: the size of what this handle reads */
+        struct textfh *t = (struct textfh *)(uintptr_t)fi->fh;
+        rc = node_attr(d, ino, &st, t->len);
+        ttl = TTL_TEXT;
+    } else {
+        rc = attr_of(d, ino, &st, &ttl);
+    }
+    pthread_rwlock_unlock(&d->cfg_lock);
+    if (rc < 0)
+        fuse_reply_err(req, -rc);
+    else
+        fuse_reply_attr(req, &st, ttl);
+}
+
+static struct dbm_env *db_env(struct dbm_daemon *d, fuse_ino_t ino, fuse_req_t req, int want, int *rc)
+{
+    struct dbm_env *e = dbm_daemon_env_at(d, ino_env(ino));
+    *rc = 0;
+    if (!e)
+        *rc = -ENOENT;
+    else if (want && !caller_may(req, e->conf, want))
+        *rc = -EACCES;
+    return *rc ? NULL : e;
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
+{
+    struct dbm_daemon *d = D(req);
+    struct stat st;
+    int rc;
+    (void)fi;
+    pthread_rwlock_rdlock(&d->cfg_lock);
+    if (ino_kind(ino) != K_DBFILE) {
+        rc = -EPERM;
+    } else if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+        rc = -EPERM; /* owner and mode come from the configuration */
+    } else {
+        struct dbm_env *e = db_env(d, ino, req, DBM_ACCESS_WRITE, &rc);
+        if (e && (to_set & FUSE_SET_ATTR_SIZE))
+            rc = dbm_livedb_truncate(e->live, ino_id(ino), (uint64_t)attr->st_size, &st);
+        else if (e)
+            rc = dbm_livedb_getattr(e->live, ino_id(ino), &st); /* times: kept real, not settable */
+        st.st_ino = ino;
+    }
+    pthread_rwlock_unlock(&d->cfg_lock);
+    if (rc < 0)
+        fuse_reply_err(req, -rc);
+    else
+        fuse_reply_attr(req, &st, TTL_DB);
+}
+
+/* ---- directories ---- */
+
+struct dirbuf {
+    fuse_req_t req;
+    char *buf;
+    size_t size, len;
+    off_t next;
+};
+
+/* Adds one entry; returns 1 when the reply buffer is full. */
+static int dir_add(struct dirbuf *db, const char *name, fuse_ino_t ino, mode_t mode)
+{
+    struct stat st = { .st_ino = ino, .st_mode = mode };
+    size_t need = fuse_add_direntry(db->req, NULL, 0, name, NULL, 0);
+    if (db->len + need > db->size)
+        return 1;
+    db->next++;
+    fuse_add_direntry(db->req, db->buf + db->len, db->size - db->len, name, &st, db->next);
+    db->len += need;
+    return 0;
+}
+
+struct dbfile_iter {
+    struct dirbuf *db;
+    int env;
+};
+
+static int dbfile_cb(const char *name, uint64_t id, const struct stat *st, void *arg)
+{
+    struct dbfile_iter *it = arg;
+    return dir_add(it->db, name, mkino(K_DBFILE, it->env, id), st->st_mode);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct dbm_daemon *d = D(req);
+    int rc = 0;
+    if (ino != INO_ROOT) {
+        pthread_rwlock_rdlock(&d->cfg_lock);
+        db_env(d, ino, req, DBM_ACCESS_READ, &rc);
+        pthread_rwlock_unlock(&d->cfg_lock);
+    }
+    if (rc < 0)
+        fuse_reply_err(req, -rc);
+    else
+        fuse_reply_open(req, fi);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+    struct dbm_daemon *d = D(req);
+    (void)fi;
+    char *buf = malloc(size);
+    if (!buf) {
+        fuse_reply_err(req, ENOMEM);
+        return;
+    }
+    struct dirbuf db = { .req = req, .buf = buf, .size = size, .next = off };
+    int rc = 0;
+    pthread_rwlock_rdlock(&d->cfg_lock);
+    /* Entries are numbered; off is how many were already returned. The
+     * fixed entries come first; listings of variable parts resume by index. */
+    const char *fixed[8];
+    fuse_ino_t fino[8];
+    mode_t fmode[8];
+    int nf = 0;
+    fixed[nf] = ".", fino[nf] = ino, fmode[nf++] = S_IFDIR;
+    fixed[nf] = "..", fino[nf] = INO_ROOT, fmode[nf++] = S_IFDIR;
+    struct dbm_env *e = NULL;
+    if (ino == INO_ROOT) {
+        fixed[nf] = "README", fino[nf] = INO_README, fmode[nf++] = S_IFREG;
+        fixed[nf] = "status", fino[nf] = INO_STATUS, fmode[nf++] = S_IFREG;
+    } else if ((e = dbm_daemon_env_at(d, ino_env(ino))) == NULL) {
+        rc = -ENOENT;
+    } else if (ino_kind(ino) == K_ENV) {
+        fixed[nf] = "info", fino[nf] = mkino(K_ENV_INFO, e->index, 0), fmode[nf++] = S_IFREG;
+        fixed[nf] = "status", fino[nf] = mkino(K_ENV_STATUS, e->index, 0), fmode[nf++] = S_IFREG;
+        fixed[nf] = "db", fino[nf] = mkino(K_DBDIR, e->index, 0), fmode[nf++] = S_IFDIR;
+    } else if (ino_kind(ino) == K_DBDIR) {
+        fino[1] = mkino(K_ENV, e->index, 0);
+    } else {
+        rc = -ENOTDIR;
+    }
+    int full = 0;
+    for (int i = (int)off; rc == 0 && !full && i < nf; i++)
+        full = dir_add(&db, fixed[i], fino[i], fmode[i]);
+    if (rc == 0 && !full) {
+        off_t done = off > nf ? off - nf : 0; /* variable entries already returned */
+        if (ino == INO_ROOT) {
+            int k = 0;
+            for (int i = 0; i < d->nenvs; i++) {
+                if (!d->envs[i]->conf)
+                    continue;
+                if (k++ < done)
+                    continue;
+                if (dir_add(&db, d->envs[i]->name, mkino(K_ENV, i, 0), S_IFDIR))
+                    break;
+            }
+        } else if (ino_kind(ino) == K_DBDIR) {
+            struct dbfile_iter it = { .db = &db, .env = e->index };
+            rc = dbm_livedb_list(e->live, (size_t)done, dbfile_cb, &it);
+        }
+    }
+    pthread_rwlock_unlock(&d->cfg_lock);
+    if (rc < 0)
+        fuse_reply_err(req, -rc);
+    else
+        fuse_reply_buf(req, buf, db.len);
+    free(buf);
+}
+
+/* ---- files ---- */
+
+static void open_text(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct dbm_daemon *d = D(req);
+    if ((fi->flags & O_ACCMODE) != O_RDONLY) {
+        fuse_reply_err(req, EACCES);
+        return;
+    }
+    struct dbm_sbuf b = { 0 };
+    pthread_rwlock_rdlock(&d->cfg_lock);
+    int rc = gen_text(d, ino, &b);
+    pthread_rwlock_unlock(&d->cfg_lock);
+    struct textfh *t = NULL;
+    if (rc == 0 && (!dbm_sbuf_ok(&b) || !(t = malloc(sizeof *t + b.len))))
+        rc = -ENOMEM;
+    if (rc < 0) {
+        dbm_sbuf_free(&b);
+        fuse_reply_err(req, -rc);
+        return;
+    }
+    t->len = b.len;
+    memcpy(t->data, b.buf, b.len);
+    dbm_sbuf_free(&b);
+    fi->fh = (uintptr_t)t;
+    fi->direct_io = 1;  /* each open sees content generated for it, never a stale cache */
+    fi->keep_cache = 0;
+    fuse_reply_open(req, fi);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct dbm_daemon *d = D(req);
+    if (is_text(ino)) {
+        open_text(req, ino, fi);
+        return;
+    }
+    if (ino_kind(ino) != K_DBFILE) {
+        fuse_reply_err(req, EISDIR);
+        return;
+    }
+    int rc, acc = fi->flags & O_ACCMODE;
+    pthread_rwlock_rdlock(&d->cfg_lock);
+    struct dbm_env *e = db_env(d, ino, req, acc == O_RDONLY ? DBM_ACCESS_READ : DBM_ACCESS_WRITE, &rc);
+    struct dbm_dbhandle *h = NULL;
+    if (e)
+        rc = dbm_livedb_open_file(e->live, ino_id(ino), fi->flags, &h);
+    pthread_rwlock_unlock(&d->cfg_lock);
+    if (rc < 0) {
+        fuse_reply_err(req, -rc);
+        return;
+    }
+    fi->fh = (uintptr_t)h;
+    fi->keep_cache = 1; /* the page cache stays valid: every change comes through us */
+    fuse_reply_open(req, fi);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
+{
+    struct dbm_daemon *d = D(req);
+    (void)mode;
+    int rc;
+    struct stat st;
+    uint64_t id = 0;
+    struct dbm_dbhandle *h = NULL;
+    pthread_rwlock_rdlock(&d->cfg_lock);
+    struct dbm_env *e = NULL;
+    if (ino_kind(parent) != K_DBDIR)
+        rc = parent == INO_ROOT || ino_kind(parent) == K_ENV ? -EPERM : -ENOTDIR;
+    else if ((e = db_env(d, parent, req, DBM_ACCESS_WRITE, &rc)))
+        rc = dbm_livedb_create(e->live, name, fi->flags, &id, &st, &h);
+    pthread_rwlock_unlock(&d->cfg_lock);
+    if (rc < 0) {
+        fuse_reply_err(req, -rc);
+        return;
+    }
+    fi->fh = (uintptr_t)h;
+    fi->keep_cache = 1;
+    struct fuse_entry_param ep;
+    memset(&ep, 0, sizeof ep);
+    ep.ino = mkino(K_DBFILE, e->index, id);
+    st.st_ino = ep.ino;
+    ep.attr = st;
+    ep.attr_timeout = ep.entry_timeout = TTL_DB;
+    fuse_reply_create(req, &ep, fi);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+    (void)parent, (void)name, (void)mode, (void)rdev;
+    fuse_reply_err(req, EPERM);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+    (void)parent, (void)name, (void)mode;
+    fuse_reply_err(req, EPERM);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    struct dbm_daemon *d = D(req);
+    int rc;
+    pthread_rwlock_rdlock(&d->cfg_lock);
+    struct dbm_env *e = NULL;
+    if (ino_kind(parent) != K_DBDIR)
+        rc = -EPERM;
+    else if ((e = db_env(d, parent, req, DBM_ACCESS_WRITE, &rc)))
+        rc = dbm_livedb_unlink(e->live, name);
+    pthread_rwlock_unlock(&d->cfg_lock);
+    fuse_reply_err(req, -rc);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent, const char *newname,
+                      unsigned int flags)
+{
+    (void)parent, (void)name, (void)newparent, (void)newname, (void)flags;
+    /* SQLite never renames its files; a database's name is its identity in the history */
+    dbm_info("rename refused: database names are fixed (copy or move a database with an operation instead)");
+    fuse_reply_err(req, EPERM);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+    if (is_text(ino)) {
+        struct textfh *t = (struct textfh *)(uintptr_t)fi->fh;
+        if ((uint64_t)off >= t->len)
+            fuse_reply_buf(req, NULL, 0);
+        else
+            fuse_reply_buf(req, t->data + off, (size_t)off + size > t->len ? t->len - (size_t)off : size);
+        return;
+    }
+    struct dbm_dbhandle *h = (struct dbm_dbhandle *)(uintptr_t)fi->fh;
+    /* zero-copy: the kernel splices straight from the backing file */
+    struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+    bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+    bv.buf[0].fd = dbm_livedb_handle_fd(h);
+    bv.buf[0].pos = off;
+    fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+                     struct fuse_file_info *fi)
+{
+    if (ino_kind(ino) != K_DBFILE) {
+        fuse_reply_err(req, EBADF);
+        return;
+    }
+    ssize_t n = dbm_livedb_write((struct dbm_dbhandle *)(uintptr_t)fi->fh, buf, size, off);
+    if (n < 0)
+        fuse_reply_err(req, (int)-n);
+    else
+        fuse_reply_write(req, (size_t)n);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    int rc = 0;
+    if (ino_kind(ino) == K_DBFILE)
+        rc = dbm_livedb_flush((struct dbm_dbhandle *)(uintptr_t)fi->fh, fi->lock_owner);
+    fuse_reply_err(req, -rc);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    if (is_text(ino))
+        free((void *)(uintptr_t)fi->fh);
+    else if (ino_kind(ino) == K_DBFILE)
+        dbm_livedb_release((struct dbm_dbhandle *)(uintptr_t)fi->fh);
+    fuse_reply_err(req, 0);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+    int rc = 0;
+    if (ino_kind(ino) == K_DBFILE)
+        rc = dbm_livedb_fsync((struct dbm_dbhandle *)(uintptr_t)fi->fh, datasync);
+    fuse_reply_err(req, -rc);
+}
+
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+    struct dbm_daemon *d = D(req);
+    (void)datasync, (void)fi;
+    int rc = 0;
+    if (ino_kind(ino) == K_DBDIR) {
+        /* SQLite syncs db/ after creating a journal: make that real */
+        int idx = ino_env(ino);
+        if (idx < d->nenvs)
+            rc = dbm_livedb_fsyncdir(d->envs[idx]->live);
+    }
+    fuse_reply_err(req, -rc);
+}
+
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, struct fuse_file_info *fi)
+{
+    int rc = -EOPNOTSUPP;
+    if (ino_kind(ino) == K_DBFILE)
+        rc = dbm_livedb_fallocate((struct dbm_dbhandle *)(uintptr_t)fi->fh, mode, off, len);
+    fuse_reply_err(req, -rc);
+}
+
+static void op_getlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct flock *lock)
+{
+    if (ino_kind(ino) != K_DBFILE) {
+        lock->l_type = F_UNLCK;
+        fuse_reply_lock(req, lock);
+        return;
+    }
+    int rc = dbm_livedb_getlk((struct dbm_dbhandle *)(uintptr_t)fi->fh, fi->lock_owner, lock);
+    if (rc < 0)
+        fuse_reply_err(req, -rc);
+    else
+        fuse_reply_lock(req, lock);
+}
+
+static int req_interrupted(void *arg) { return fuse_req_interrupted((fuse_req_t)arg); }
+
+static void op_setlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct flock *lock, int sleep)
+{
+    int rc = -ENOLCK;
+    if (ino_kind(ino) == K_DBFILE)
+        rc = dbm_livedb_setlk((struct dbm_dbhandle *)(uintptr_t)fi->fh, fi->lock_owner, lock, sleep,
+                              req_interrupted, req);
+    fuse_reply_err(req, -rc);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+    struct dbm_daemon *d = D(req);
+    struct statvfs sv;
+    (void)ino;
+    if (statvfs(d->state_dir, &sv) < 0) {
+        fuse_reply_err(req, errno);
+        return;
+    }
+    sv.f_namemax = 255;
+    fuse_reply_statfs(req, &sv);
+}
+
+static const struct fuse_lowlevel_ops ops = {
+    .init = op_init_ready,
+    .lookup = op_lookup,
+    .forget = op_forget,
+    .forget_multi = op_forget_multi,
+    .getattr = op_getattr,
+    .setattr = op_setattr,
+    .opendir = op_opendir,
+    .readdir = op_readdir,
+    .open = op_open,
+    .create = op_create,
+    .mknod = op_mknod,
+    .mkdir = op_mkdir,
+    .unlink = op_unlink,
+    .rename = op_rename,
+    .read = op_read,
+    .write = op_write,
+    .flush = op_flush,
+    .release = op_release,
+    .fsync = op_fsync,
+    .fsyncdir = op_fsyncdir,
+    .fallocate = op_fallocate,
+    .getlk = op_getlk,
+    .setlk = op_setlk,
+    .statfs = op_statfs,
+};
+
+struct fuse_session *dbm_fs_session_new(struct dbm_daemon *d, struct fuse_args *args, int rfd)
+{
+    ready_fd = rfd;
+    return fuse_session_new(args, &ops, sizeof ops, d);
+}

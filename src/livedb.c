@@ -1,0 +1,681 @@
+/* livedb.c - see livedb.h and livedb_i.h: the db/ namespace, open files and
+ * POSIX locks. Commit detection lives in capture.c. */
+#include "livedb.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "livedb_i.h"
+#include "log.h"
+#include "pagestore.h"
+#include "strutil.h"
+#include "timefmt.h"
+
+#define ALLOWED_NAMES \
+    "NAME.db (1-64 of A-Z a-z 0-9 _ . -) and the NAME.db-journal, -wal, -shm and -mjXXXXXX9XX files SQLite makes"
+
+static struct base *base_get(struct dbm_livedb *l, const char *name)
+{
+    for (size_t i = 0; i < l->nbases; i++)
+        if (strcmp(l->bases[i]->name, name) == 0)
+            return l->bases[i];
+    if (l->nbases == l->bases_cap) {
+        size_t nc = l->bases_cap ? l->bases_cap * 2 : 8;
+        struct base **tmp = realloc(l->bases, nc * sizeof *tmp);
+        if (!tmp)
+            return NULL;
+        l->bases = tmp;
+        l->bases_cap = nc;
+    }
+    struct base *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    dbm_strlcpy(b->name, name, sizeof b->name);
+    b->l = l;
+    b->cursor_fd = -1;
+    pthread_mutex_init(&b->mu, NULL);
+    l->bases[l->nbases++] = b;
+    return b;
+}
+
+static struct dbfile *file_by_name(struct dbm_livedb *l, const char *name)
+{
+    for (size_t i = 0; i < l->nfiles; i++)
+        if (!l->files[i]->unlinked && strcmp(l->files[i]->name, name) == 0)
+            return l->files[i];
+    return NULL;
+}
+
+static struct dbfile *file_by_id(struct dbm_livedb *l, uint64_t id)
+{
+    for (size_t i = 0; i < l->nfiles; i++)
+        if (l->files[i]->id == id)
+            return l->files[i];
+    return NULL;
+}
+
+static struct dbfile **base_slot(struct base *b, enum dbm_sqlfile kind)
+{
+    switch (kind) {
+    case DBM_SQLFILE_DB: return &b->db;
+    case DBM_SQLFILE_JOURNAL: return &b->journal;
+    case DBM_SQLFILE_WAL: return &b->wal;
+    default: return NULL;
+    }
+}
+
+/* Adds a file object for an existing backing file. l->mu held. */
+static struct dbfile *file_add(struct dbm_livedb *l, const char *name)
+{
+    char basename[DBM_DB_NAME_MAX + 1];
+    enum dbm_sqlfile kind = dbm_sqlfile_classify(name, basename, sizeof basename);
+    if (kind == DBM_SQLFILE_NONE)
+        return NULL;
+    if (l->nfiles == l->files_cap) {
+        size_t nc = l->files_cap ? l->files_cap * 2 : 16;
+        struct dbfile **tmp = realloc(l->files, nc * sizeof *tmp);
+        if (!tmp)
+            return NULL;
+        l->files = tmp;
+        l->files_cap = nc;
+    }
+    struct dbfile *f = calloc(1, sizeof *f);
+    struct base *b = base_get(l, basename);
+    if (!f || !b) {
+        free(f);
+        return NULL;
+    }
+    f->id = ++l->next_id;
+    dbm_strlcpy(f->name, name, sizeof f->name);
+    f->kind = kind;
+    f->base = b;
+    f->fd = -1;
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_cond_init(&f->cv, NULL);
+    struct dbfile **slot = base_slot(b, kind);
+    if (slot)
+        *slot = f;
+    l->files[l->nfiles++] = f;
+    return f;
+}
+
+static void file_free(struct dbfile *f)
+{
+    if (f->fd >= 0)
+        close(f->fd);
+    dbm_locktab_free(&f->locks);
+    pthread_mutex_destroy(&f->mu);
+    pthread_cond_destroy(&f->cv);
+    free(f);
+}
+
+/* Frees f if nothing refers to it any more. l->mu held. */
+static void file_maybe_free(struct dbm_livedb *l, struct dbfile *f)
+{
+    if (!f->unlinked || f->nlookup || f->nopen)
+        return;
+    for (size_t i = 0; i < l->nfiles; i++) {
+        if (l->files[i] == f) {
+            l->files[i] = l->files[--l->nfiles];
+            break;
+        }
+    }
+    file_free(f);
+}
+
+int dbm_cap_ensure_fd(struct dbm_livedb *l, struct dbfile *f)
+{
+    if (f->fd >= 0)
+        return 0;
+    int fd = openat(l->dirfd, f->name, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    f->fd = fd;
+    return 0;
+}
+
+int dbm_livedb_open(const struct dbm_livedb_params *p, struct dbm_livedb **out)
+{
+    struct dbm_livedb *l = calloc(1, sizeof *l);
+    if (!l)
+        return -ENOMEM;
+    pthread_mutex_init(&l->mu, NULL);
+    l->dirfd = -1;
+    l->store = p->store;
+    l->cat = p->cat;
+    l->fmode = 0644;
+    dbm_strlcpy(l->env, p->env, sizeof l->env);
+    int rc = -ENOMEM;
+    l->dir = strdup(p->backing_dir);
+    size_t n = strlen(p->backing_dir) + 16;
+    l->capdir = malloc(n);
+    if (!l->dir || !l->capdir)
+        goto fail;
+    snprintf(l->capdir, n, "%s/../capture", p->backing_dir);
+    if (mkdir(l->capdir, 0750) < 0 && errno != EEXIST) {
+        rc = -errno;
+        goto fail;
+    }
+    l->dirfd = open(l->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (l->dirfd < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    DIR *dir = fdopendir(dup(l->dirfd));
+    if (!dir) {
+        rc = -errno;
+        goto fail;
+    }
+    struct dirent *de;
+    while ((de = readdir(dir))) {
+        if (de->d_name[0] == '.')
+            continue;
+        if (!file_add(l, de->d_name))
+            dbm_warn("%s: ignoring %s/%s: not a name the mount serves", l->env, l->dir, de->d_name);
+    }
+    closedir(dir);
+    for (size_t i = 0; i < l->nbases; i++) {
+        if ((rc = dbm_cap_recover(l->bases[i])) < 0) {
+            dbm_err("%s/%s: recovery failed: %s", l->env, l->bases[i]->name, strerror(-rc));
+            goto fail;
+        }
+    }
+    *out = l;
+    return 0;
+fail:
+    dbm_livedb_close(l);
+    return rc;
+}
+
+void dbm_livedb_close(struct dbm_livedb *l)
+{
+    if (!l)
+        return;
+    for (size_t i = 0; i < l->nfiles; i++)
+        file_free(l->files[i]);
+    for (size_t i = 0; i < l->nbases; i++) {
+        dbm_cap_free(l->bases[i]);
+        pthread_mutex_destroy(&l->bases[i]->mu);
+        free(l->bases[i]);
+    }
+    free(l->files);
+    free(l->bases);
+    if (l->dirfd >= 0)
+        close(l->dirfd);
+    free(l->dir);
+    free(l->capdir);
+    pthread_mutex_destroy(&l->mu);
+    free(l);
+}
+
+void dbm_livedb_set_owner(struct dbm_livedb *l, uid_t uid, gid_t gid, mode_t file_mode)
+{
+    pthread_mutex_lock(&l->mu);
+    l->uid = uid;
+    l->gid = gid;
+    l->fmode = file_mode;
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* l->mu held. */
+static int file_stat(struct dbm_livedb *l, struct dbfile *f, struct stat *st)
+{
+    int rc = f->fd >= 0 ? fstat(f->fd, st) : fstatat(l->dirfd, f->name, st, 0);
+    if (rc < 0)
+        return -errno;
+    st->st_mode = S_IFREG | l->fmode;
+    st->st_uid = l->uid;
+    st->st_gid = l->gid;
+    st->st_nlink = f->unlinked ? 0 : 1;
+    return 0;
+}
+
+int dbm_livedb_lookup(struct dbm_livedb *l, const char *name, uint64_t *id, struct stat *st)
+{
+    pthread_mutex_lock(&l->mu);
+    struct dbfile *f = file_by_name(l, name);
+    int rc = f ? file_stat(l, f, st) : -ENOENT;
+    if (rc == 0) {
+        f->nlookup++;
+        *id = f->id;
+    }
+    pthread_mutex_unlock(&l->mu);
+    return rc;
+}
+
+void dbm_livedb_forget(struct dbm_livedb *l, uint64_t id, uint64_t nlookup)
+{
+    pthread_mutex_lock(&l->mu);
+    struct dbfile *f = file_by_id(l, id);
+    if (f) {
+        f->nlookup = f->nlookup > nlookup ? f->nlookup - nlookup : 0;
+        file_maybe_free(l, f);
+    }
+    pthread_mutex_unlock(&l->mu);
+}
+
+int dbm_livedb_getattr(struct dbm_livedb *l, uint64_t id, struct stat *st)
+{
+    pthread_mutex_lock(&l->mu);
+    struct dbfile *f = file_by_id(l, id);
+    int rc = f ? file_stat(l, f, st) : -ENOENT;
+    pthread_mutex_unlock(&l->mu);
+    return rc;
+}
+
+struct listent {
+    char name[NAME_MAX + 1];
+    uint64_t id;
+    struct stat st;
+};
+
+static int listent_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct listent *)a)->name, ((const struct listent *)b)->name);
+}
+
+int dbm_livedb_list(struct dbm_livedb *l, size_t start,
+                    int (*cb)(const char *name, uint64_t id, const struct stat *st, void *arg), void *arg)
+{
+    pthread_mutex_lock(&l->mu);
+    struct listent *v = calloc(l->nfiles + 1, sizeof *v);
+    size_t n = 0;
+    for (size_t i = 0; v && i < l->nfiles; i++) {
+        struct dbfile *f = l->files[i];
+        if (f->unlinked || file_stat(l, f, &v[n].st) < 0)
+            continue;
+        dbm_strlcpy(v[n].name, f->name, sizeof v[n].name);
+        v[n++].id = f->id;
+    }
+    pthread_mutex_unlock(&l->mu);
+    if (!v)
+        return -ENOMEM;
+    qsort(v, n, sizeof *v, listent_cmp);
+    for (size_t i = start; i < n; i++)
+        if (cb(v[i].name, v[i].id, &v[i].st, arg))
+            break;
+    free(v);
+    return 0;
+}
+
+static int handle_new(struct dbfile *f, int flags, struct dbm_dbhandle **h)
+{
+    struct dbm_dbhandle *nh = malloc(sizeof *nh);
+    if (!nh)
+        return -ENOMEM;
+    nh->f = f;
+    nh->flags = flags;
+    f->nopen++;
+    *h = nh;
+    return 0;
+}
+
+int dbm_livedb_create(struct dbm_livedb *l, const char *name, int flags, uint64_t *id, struct stat *st,
+                      struct dbm_dbhandle **h)
+{
+    char basename[DBM_DB_NAME_MAX + 1];
+    if (dbm_sqlfile_classify(name, basename, sizeof basename) == DBM_SQLFILE_NONE) {
+        dbm_notice("%s: refusing to create db/%s: accepted names are " ALLOWED_NAMES, l->env, name);
+        return -EPERM;
+    }
+    pthread_mutex_lock(&l->mu);
+    int rc = 0;
+    struct dbfile *f = file_by_name(l, name);
+    if (f && (flags & O_EXCL)) {
+        rc = -EEXIST;
+        goto out;
+    }
+    if (!f) {
+        int fd = openat(l->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+        if (fd < 0) {
+            rc = -errno;
+            goto out;
+        }
+        if (!(f = file_add(l, name))) {
+            close(fd);
+            unlinkat(l->dirfd, name, 0);
+            rc = -ENOMEM;
+            goto out;
+        }
+        f->fd = fd;
+    } else if ((rc = dbm_cap_ensure_fd(l, f)) < 0) {
+        goto out;
+    }
+    if ((flags & O_TRUNC) && f->kind != DBM_SQLFILE_SHM && f->kind != DBM_SQLFILE_SUPER) {
+        /* SQLite never truncates on open; a truncate of live data would bypass commit capture */
+        rc = -EPERM;
+        goto out;
+    }
+    if ((rc = file_stat(l, f, st)) < 0 || (rc = handle_new(f, flags, h)) < 0)
+        goto out;
+    f->nlookup++;
+    *id = f->id;
+out:
+    pthread_mutex_unlock(&l->mu);
+    return rc;
+}
+
+int dbm_livedb_open_file(struct dbm_livedb *l, uint64_t id, int flags, struct dbm_dbhandle **h)
+{
+    pthread_mutex_lock(&l->mu);
+    struct dbfile *f = file_by_id(l, id);
+    int rc = f ? dbm_cap_ensure_fd(l, f) : -ENOENT;
+    if (rc == 0 && (flags & O_TRUNC) && f->kind != DBM_SQLFILE_SHM && f->kind != DBM_SQLFILE_SUPER)
+        rc = -EPERM;
+    if (rc == 0)
+        rc = handle_new(f, flags, h);
+    pthread_mutex_unlock(&l->mu);
+    return rc;
+}
+
+int dbm_livedb_handle_fd(struct dbm_dbhandle *h) { return h->f->fd; }
+int dbm_livedb_handle_is_shm(struct dbm_dbhandle *h) { return h->f->kind == DBM_SQLFILE_SHM; }
+
+/* Finds name's file and its base, or -ENOENT. */
+static int find(struct dbm_livedb *l, const char *name, struct dbfile **fp, struct base **bp)
+{
+    pthread_mutex_lock(&l->mu);
+    struct dbfile *f = file_by_name(l, name);
+    if (f) {
+        *fp = f;
+        *bp = f->base;
+    }
+    pthread_mutex_unlock(&l->mu);
+    return f ? 0 : -ENOENT;
+}
+
+int dbm_livedb_unlink(struct dbm_livedb *l, const char *name)
+{
+    struct dbfile *f;
+    struct base *b;
+    char basename[DBM_DB_NAME_MAX + 1];
+    if (dbm_sqlfile_classify(name, basename, sizeof basename) == DBM_SQLFILE_NONE)
+        return -ENOENT;
+    int rc = find(l, name, &f, &b);
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&b->mu);
+    /* the name may have changed hands while we waited for the base */
+    pthread_mutex_lock(&l->mu);
+    int same = file_by_name(l, name) == f;
+    pthread_mutex_unlock(&l->mu);
+    if (!same) {
+        pthread_mutex_unlock(&b->mu);
+        return -ENOENT;
+    }
+    if (f->kind == DBM_SQLFILE_JOURNAL && (rc = dbm_cap_journal_commit(b, JM_DELETE)) < 0)
+        goto out; /* not recorded: the journal stays hot and SQLite rolls back */
+    if (unlinkat(l->dirfd, name, 0) < 0) {
+        rc = -errno;
+        goto out;
+    }
+    if (f->kind == DBM_SQLFILE_WAL)
+        dbm_cap_wal_reset(b);
+    if (f->kind == DBM_SQLFILE_DB) {
+        dbm_cap_forget_history(b, dbm_now_ns());
+        dbm_notice("%s: database %s removed; its history stays readable for the retention window", l->env, name);
+    }
+    pthread_mutex_lock(&l->mu);
+    f->unlinked = 1;
+    struct dbfile **slot = base_slot(b, f->kind);
+    if (slot && *slot == f)
+        *slot = NULL;
+    file_maybe_free(l, f);
+    pthread_mutex_unlock(&l->mu);
+out:
+    pthread_mutex_unlock(&b->mu);
+    return rc;
+}
+
+int dbm_livedb_truncate(struct dbm_livedb *l, uint64_t id, uint64_t size, struct stat *st)
+{
+    pthread_mutex_lock(&l->mu);
+    struct dbfile *f = file_by_id(l, id);
+    int rc = f ? dbm_cap_ensure_fd(l, f) : -ENOENT;
+    struct base *b = f ? f->base : NULL;
+    pthread_mutex_unlock(&l->mu);
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&b->mu);
+    if (f->kind == DBM_SQLFILE_JOURNAL && size == 0 && (rc = dbm_cap_journal_commit(b, JM_TRUNCATE)) < 0)
+        goto out;
+    if (ftruncate(f->fd, (off_t)size) < 0) {
+        rc = -errno;
+        goto out;
+    }
+    if (f->kind == DBM_SQLFILE_WAL && size == 0)
+        dbm_cap_wal_reset(b);
+out:
+    pthread_mutex_unlock(&b->mu);
+    if (rc == 0) {
+        pthread_mutex_lock(&l->mu);
+        rc = file_stat(l, f, st);
+        pthread_mutex_unlock(&l->mu);
+    }
+    return rc;
+}
+
+ssize_t dbm_livedb_read(struct dbm_dbhandle *h, void *buf, size_t size, off_t off)
+{
+    ssize_t n = pread(h->f->fd, buf, size, off);
+    return n < 0 ? -errno : n;
+}
+
+ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, off_t off)
+{
+    struct dbfile *f = h->f;
+    struct base *b = f->base;
+    if (f->kind == DBM_SQLFILE_SHM || f->kind == DBM_SQLFILE_SUPER) {
+        /* the wal-index and super-journals carry no history: plain pass-through */
+        ssize_t n = pwrite(f->fd, buf, size, off);
+        return n < 0 ? -errno : n;
+    }
+    pthread_mutex_lock(&b->mu);
+    ssize_t ret;
+    int rc = 0;
+    if (f->unlinked || (f->kind == DBM_SQLFILE_DB && b->db != f)) {
+        /* an open handle of a removed file: write it, record nothing */
+        ret = pwrite(f->fd, buf, size, off);
+        ret = ret < 0 ? -errno : ret;
+        goto out;
+    }
+    if (f->kind == DBM_SQLFILE_DB)
+        rc = dbm_cap_db_check_write(b, off, size);
+    else if (f->kind == DBM_SQLFILE_JOURNAL && off == 0 && size >= 28 && !memcmp(buf, (char[28]){ 0 }, 28))
+        rc = dbm_cap_journal_commit(b, JM_PERSIST); /* PERSIST mode's commit: the header is zeroed */
+    if (rc < 0) {
+        ret = rc;
+        goto out;
+    }
+    ret = pwrite(f->fd, buf, size, off);
+    if (ret < 0) {
+        ret = -errno;
+        goto out;
+    }
+    if (f->kind == DBM_SQLFILE_DB)
+        rc = dbm_cap_db_written(b, buf, (size_t)ret, off);
+    else if (f->kind == DBM_SQLFILE_JOURNAL)
+        rc = dbm_cap_journal_written(b, off, (size_t)ret);
+    else if (f->kind == DBM_SQLFILE_WAL)
+        rc = dbm_cap_wal_written(b, off, (size_t)ret);
+    if (rc < 0)
+        ret = rc;
+out:
+    pthread_mutex_unlock(&b->mu);
+    return ret;
+}
+
+int dbm_livedb_fsync(struct dbm_dbhandle *h, int datasync)
+{
+    int rc = datasync ? fdatasync(h->f->fd) : fsync(h->f->fd);
+    return rc < 0 ? -errno : 0;
+}
+
+int dbm_livedb_fsyncdir(struct dbm_livedb *l)
+{
+    return fsync(l->dirfd) < 0 ? -errno : 0;
+}
+
+int dbm_livedb_fallocate(struct dbm_dbhandle *h, int mode, off_t off, off_t len)
+{
+    if (mode != 0)
+        return -EOPNOTSUPP; /* punching holes would change data behind the capture */
+    int rc = posix_fallocate(h->f->fd, off, len);
+    return -rc;
+}
+
+int dbm_livedb_flush(struct dbm_dbhandle *h, uint64_t lock_owner)
+{
+    struct dbfile *f = h->f;
+    pthread_mutex_lock(&f->mu);
+    if (dbm_lock_release_owner(&f->locks, lock_owner))
+        pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+    return 0;
+}
+
+void dbm_livedb_release(struct dbm_dbhandle *h)
+{
+    struct dbfile *f = h->f;
+    struct dbm_livedb *l = f->base->l;
+    free(h);
+    pthread_mutex_lock(&l->mu);
+    f->nopen--;
+    file_maybe_free(l, f);
+    pthread_mutex_unlock(&l->mu);
+}
+
+static void lock_range(const struct flock *fl, uint64_t *start, uint64_t *end)
+{
+    *start = (uint64_t)fl->l_start;
+    *end = fl->l_len == 0 ? DBM_LOCK_EOF : (uint64_t)fl->l_start + (uint64_t)fl->l_len - 1;
+}
+
+int dbm_livedb_getlk(struct dbm_dbhandle *h, uint64_t owner, struct flock *fl)
+{
+    struct dbfile *f = h->f;
+    uint64_t start, end;
+    struct dbm_lock c;
+    lock_range(fl, &start, &end);
+    pthread_mutex_lock(&f->mu);
+    int conflict = dbm_lock_test(&f->locks, owner, fl->l_type, start, end, &c);
+    pthread_mutex_unlock(&f->mu);
+    if (!conflict) {
+        fl->l_type = F_UNLCK;
+        return 0;
+    }
+    fl->l_type = c.type;
+    fl->l_whence = SEEK_SET;
+    fl->l_start = (off_t)c.start;
+    fl->l_len = c.end == DBM_LOCK_EOF ? 0 : (off_t)(c.end - c.start + 1);
+    fl->l_pid = c.pid;
+    return 0;
+}
+
+/* Whether the database has a writer: RESERVED on the db file (rollback
+ * modes) or WRITE in -shm (WAL). f->mu held. */
+static void note_writer(struct dbfile *f)
+{
+    if (f->kind == DBM_SQLFILE_DB)
+        f->base->writer = dbm_lock_held_at(&f->locks, F_WRLCK, DBM_RESERVED_BYTE);
+    else if (f->kind == DBM_SQLFILE_SHM)
+        f->base->writer = dbm_lock_held_at(&f->locks, F_WRLCK, DBM_SHM_WRITE_LOCK);
+}
+
+int dbm_livedb_setlk(struct dbm_dbhandle *h, uint64_t owner, const struct flock *fl, int sleep,
+                     int (*interrupted)(void *), void *arg)
+{
+    struct dbfile *f = h->f;
+    uint64_t start, end;
+    lock_range(fl, &start, &end);
+    pthread_mutex_lock(&f->mu);
+    int rc;
+    for (;;) {
+        rc = dbm_lock_set(&f->locks, owner, fl->l_pid, fl->l_type, start, end);
+        if (rc != -EAGAIN || !sleep)
+            break;
+        if (interrupted && interrupted(arg)) {
+            rc = -EINTR;
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000L; /* poll for interruption every 100 ms */
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&f->cv, &f->mu, &ts);
+    }
+    if (rc == 0 && fl->l_type == F_UNLCK)
+        pthread_cond_broadcast(&f->cv);
+    if (rc == 0)
+        note_writer(f);
+    pthread_mutex_unlock(&f->mu);
+    return rc;
+}
+
+size_t dbm_livedb_count(struct dbm_livedb *l)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&l->mu);
+    for (size_t i = 0; i < l->nbases; i++)
+        n += l->bases[i]->db != NULL;
+    pthread_mutex_unlock(&l->mu);
+    return n;
+}
+
+static const char *const jmode_names[] = { "unknown", "delete", "truncate", "persist", "wal" };
+
+void dbm_livedb_report(struct dbm_livedb *l, struct dbm_sbuf *sb)
+{
+    pthread_mutex_lock(&l->mu);
+    size_t n = l->nbases;
+    struct base **v = malloc((n + 1) * sizeof *v);
+    if (v)
+        memcpy(v, l->bases, n * sizeof *v);
+    pthread_mutex_unlock(&l->mu);
+    if (!v)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        struct base *b = v[i];
+        pthread_mutex_lock(&b->mu);
+        if (!b->db) {
+            pthread_mutex_unlock(&b->mu);
+            continue;
+        }
+        struct stat st;
+        uint64_t size = b->db->fd >= 0 ? (fstat(b->db->fd, &st) == 0 ? (uint64_t)st.st_size : 0)
+                                       : (fstatat(l->dirfd, b->db->name, &st, 0) == 0 ? (uint64_t)st.st_size : 0);
+        struct dbm_tl_stat ts;
+        memset(&ts, 0, sizeof ts);
+        if (b->tl)
+            dbm_tl_stat(b->tl, &ts);
+        char k[128], t1[40] = "-", t2[40] = "-";
+        if (b->tl && ts.last_txid) {
+            dbm_ts_rfc3339(ts.first_ns, t1, sizeof t1);
+            dbm_ts_rfc3339(ts.last_ns, t2, sizeof t2);
+        }
+#define KV(field, ...) (snprintf(k, sizeof k, "db.%s.%s", b->name, field), dbm_sbuf_kv(sb, k, __VA_ARGS__))
+        KV("size", "%llu", (unsigned long long)size);
+        KV("page_size", "%u", b->page_size);
+        KV("journal_mode", "%s", b->wal_mode ? "wal" : jmode_names[b->mode]);
+        KV("commits", "%llu", (unsigned long long)ts.commits);
+        KV("last_txid", "%llu", (unsigned long long)ts.last_txid);
+        KV("history_bytes", "%llu", (unsigned long long)ts.history_bytes);
+        KV("earliest_restore_point", "%s", t1);
+        KV("latest_commit", "%s", t2);
+        KV("writer", "%s", b->writer ? "active" : "idle");
+        KV("refused_writes", "%llu", (unsigned long long)b->refused);
+#undef KV
+        pthread_mutex_unlock(&b->mu);
+    }
+    free(v);
+}

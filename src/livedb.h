@@ -1,0 +1,79 @@
+/* livedb.h - an environment's db/ directory: live SQLite databases served
+ * from backing files in STATE/envs/<env>/db, with every committed
+ * transaction captured into the page store before SQLite's commit returns.
+ *
+ * Files are identified by a 40-bit id, stable while the file exists (a new
+ * file of the same name gets a new id). Locks (POSIX byte ranges) are kept
+ * here, per lock owner, so the engine sees write transactions start and end.
+ *
+ * Lock order: dbm_livedb.lock (namespace) -> dbm_dbfile.lock (one file) ->
+ * page store. No lock is held across a reply to the kernel. */
+#ifndef DBM_LIVEDB_H
+#define DBM_LIVEDB_H
+#include <fcntl.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+struct dbm_livedb;
+struct dbm_dbhandle;
+struct dbm_store;
+struct dbm_catalog;
+struct dbm_sbuf;
+
+struct dbm_livedb_params {
+    const char *env;          /* borrowed; copied */
+    const char *backing_dir;  /* STATE/envs/<env>/db, created if missing */
+    struct dbm_store *store;  /* borrowed; outlives the livedb */
+    struct dbm_catalog *cat;  /* borrowed; outlives the livedb */
+};
+int dbm_livedb_open(const struct dbm_livedb_params *p, struct dbm_livedb **out);
+void dbm_livedb_close(struct dbm_livedb *l); /* accepts NULL */
+
+/* Owner, group and permission bits files get (from the environment's config). */
+void dbm_livedb_set_owner(struct dbm_livedb *l, uid_t uid, gid_t gid, mode_t file_mode);
+
+/* ---- namespace ---- */
+/* Looks a name up; on success takes one lookup reference on the file. */
+int dbm_livedb_lookup(struct dbm_livedb *l, const char *name, uint64_t *id, struct stat *st);
+void dbm_livedb_forget(struct dbm_livedb *l, uint64_t id, uint64_t nlookup);
+int dbm_livedb_getattr(struct dbm_livedb *l, uint64_t id, struct stat *st);
+/* Calls cb(name, id, st) for each file, sorted by name, from index start
+ * (0-based); stops when cb returns non-zero. Returns 0 or -errno. */
+int dbm_livedb_list(struct dbm_livedb *l, size_t start,
+                    int (*cb)(const char *name, uint64_t id, const struct stat *st, void *arg), void *arg);
+/* Creates (or opens, without O_EXCL) name; takes a lookup reference and
+ * returns a handle. -EPERM for names SQLite would not make (logged). */
+int dbm_livedb_create(struct dbm_livedb *l, const char *name, int flags, uint64_t *id, struct stat *st,
+                      struct dbm_dbhandle **h);
+int dbm_livedb_unlink(struct dbm_livedb *l, const char *name);
+/* setattr: size changes (truncate) are real; others are refused or ignored. */
+int dbm_livedb_truncate(struct dbm_livedb *l, uint64_t id, uint64_t size, struct stat *st);
+
+/* ---- open files ---- */
+int dbm_livedb_open_file(struct dbm_livedb *l, uint64_t id, int flags, struct dbm_dbhandle **h);
+/* The backing descriptor, for zero-copy reads (fsops splices from it). */
+int dbm_livedb_handle_fd(struct dbm_dbhandle *h);
+int dbm_livedb_handle_is_shm(struct dbm_dbhandle *h);
+ssize_t dbm_livedb_read(struct dbm_dbhandle *h, void *buf, size_t size, off_t off);
+ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, off_t off);
+int dbm_livedb_fsync(struct dbm_dbhandle *h, int datasync);
+/* fsyncdir on db/: makes creations and removals durable. */
+int dbm_livedb_fsyncdir(struct dbm_livedb *l);
+int dbm_livedb_fallocate(struct dbm_dbhandle *h, int mode, off_t off, off_t len);
+/* close() of one descriptor: drops the POSIX locks of lock_owner. */
+int dbm_livedb_flush(struct dbm_dbhandle *h, uint64_t lock_owner);
+void dbm_livedb_release(struct dbm_dbhandle *h);
+/* POSIX locks held by the daemon. sleep: wait for a conflicting lock
+ * (interrupted() is polled; may be NULL). */
+int dbm_livedb_getlk(struct dbm_dbhandle *h, uint64_t owner, struct flock *fl);
+int dbm_livedb_setlk(struct dbm_dbhandle *h, uint64_t owner, const struct flock *fl, int sleep,
+                     int (*interrupted)(void *), void *arg);
+
+/* ---- reports ---- */
+/* Appends per-database "key: value" lines for info/status. */
+void dbm_livedb_report(struct dbm_livedb *l, struct dbm_sbuf *b);
+size_t dbm_livedb_count(struct dbm_livedb *l);
+
+#endif

@@ -1,0 +1,246 @@
+/* main.c - options, objects, the FUSE loop, unwinding. Nothing else. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "dbm_config.h"
+#include "fsops.h"
+#include "log.h"
+
+static const char usage[] =
+    "usage: dbmovefs [options] STATE_DIR MOUNTPOINT\n"
+    "       dbmovefs --init STATE_DIR\n"
+    "\n"
+    "Mounts the database environments declared in STATE_DIR/dbmovefs.conf.\n"
+    "\n"
+    "  --init DIR       create a state directory with an example config\n"
+    "                   (environments prod, uat, dev); refuses to overwrite one\n"
+    "  -f               stay in the foreground, log to stderr\n"
+    "  -d               debug: foreground, debug log level and FUSE tracing\n"
+    "  -s               single-threaded\n"
+    "  -o OPT[,OPT...]  mount options: allow_other, default FUSE options\n"
+    "  -h, --help       this help\n"
+    "  -V, --version    print the version\n"
+    "\n"
+    "Without -f, returns once the mount is ready (exit status 0) or failed (1);\n"
+    "logs then go to syslog. Unmount with: fusermount3 -u MOUNTPOINT\n"
+    "SIGHUP reloads the config; SIGTERM and SIGINT unmount and exit.\n";
+
+struct cli {
+    const char *state_dir;
+    const char *mountpoint;
+    int npos;
+};
+
+static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+    struct cli *c = data;
+    (void)outargs;
+    if (key == FUSE_OPT_KEY_NONOPT) {
+        if (c->npos == 0)
+            c->state_dir = arg;
+        else if (c->npos == 1)
+            c->mountpoint = arg;
+        c->npos++;
+        return 0; /* consumed: libfuse must not see our positionals */
+    }
+    return 1;
+}
+
+/* The mountpoint must be an existing, empty directory. */
+static int check_mountpoint(const char *mp)
+{
+    struct stat st;
+    if (stat(mp, &st) < 0) {
+        fprintf(stderr, "dbmovefs: mountpoint %s: %s\n", mp, strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "dbmovefs: mountpoint %s is not a directory\n", mp);
+        return -1;
+    }
+    DIR *dir = opendir(mp);
+    if (!dir) {
+        fprintf(stderr, "dbmovefs: mountpoint %s: %s\n", mp, strerror(errno));
+        return -1;
+    }
+    struct dirent *de;
+    int n = 0;
+    while ((de = readdir(dir)))
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+            n++;
+    closedir(dir);
+    if (n) {
+        fprintf(stderr, "dbmovefs: mountpoint %s is not empty (or is already mounted): refusing to hide its contents\n",
+                mp);
+        return -1;
+    }
+    return 0;
+}
+
+/* SIGHUP is blocked in every thread; this one waits for it and reloads. */
+static void *reload_thread(void *arg)
+{
+    struct dbm_daemon *d = arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    for (;;) {
+        int sig;
+        if (sigwait(&set, &sig) == 0 && sig == SIGHUP)
+            dbm_daemon_reload(d);
+    }
+    return NULL;
+}
+
+/* Forks; the parent waits for the child's readiness byte and exits with
+ * its verdict. Returns the write end of the pipe in the child. */
+static int daemonize(void)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        perror("dbmovefs: pipe");
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("dbmovefs: fork");
+        return -1;
+    }
+    if (pid > 0) {
+        char c = '1';
+        close(p[1]);
+        ssize_t n;
+        do
+            n = read(p[0], &c, 1);
+        while (n < 0 && errno == EINTR);
+        _exit(n == 1 && c == '0' ? 0 : 1);
+    }
+    close(p[0]);
+    setsid();
+    if (chdir("/") < 0)
+        perror("dbmovefs: chdir");
+    return p[1];
+}
+
+static void detach_stdio(void)
+{
+    int fd = open("/dev/null", O_RDWR);
+    if (fd >= 0) {
+        dup2(fd, 0);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        if (fd > 2)
+            close(fd);
+    }
+}
+
+int main(int argc, char *argv[])
+{
+    if (argc == 3 && strcmp(argv[1], "--init") == 0) {
+        char err[1024];
+        if (dbm_daemon_init_state(argv[2], err, sizeof err) < 0) {
+            fprintf(stderr, "dbmovefs: %s\n", err);
+            return 1;
+        }
+        printf("created %s/%s with environments prod (production), uat (sandbox), dev (devtest)\n"
+               "mount it with: dbmovefs %s MOUNTPOINT\n", argv[2], DBM_CONFIG_FILE, argv[2]);
+        return 0;
+    }
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-V") == 0) {
+            printf("dbmovefs %s (libfuse %s)\n", DBM_VERSION, fuse_pkgversion());
+            return 0;
+        }
+        if (strcmp(argv[i], "--init") == 0) {
+            fprintf(stderr, "dbmovefs: --init takes exactly one argument: dbmovefs --init STATE_DIR\n");
+            return 2;
+        }
+    }
+    struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+    struct cli cli = { 0 };
+    struct fuse_cmdline_opts opts;
+    if (fuse_opt_parse(&args, &cli, NULL, opt_proc) < 0 || fuse_parse_cmdline(&args, &opts) < 0)
+        return 2;
+    if (cli.npos != 2) {
+        fprintf(stderr, "dbmovefs: expected STATE_DIR and MOUNTPOINT, got %d argument%s\n%s", cli.npos,
+                cli.npos == 1 ? "" : "s", usage);
+        fuse_opt_free_args(&args);
+        return 2;
+    }
+    dbm_log_setup(0, opts.debug ? DBM_LOG_DEBUG : DBM_LOG_INFO);
+    if (check_mountpoint(cli.mountpoint) < 0)
+        return 1;
+    char *mountpoint = realpath(cli.mountpoint, NULL);
+    struct dbm_daemon *d = NULL;
+    char err[1024];
+    if (dbm_daemon_open(cli.state_dir, &d, err, sizeof err) < 0) {
+        fprintf(stderr, "dbmovefs: %s\n", err);
+        return 1;
+    }
+    if (opts.debug)
+        dbm_log_set_level(DBM_LOG_DEBUG);
+    d->foreground = opts.foreground;
+    int ready = -1, ret = 1;
+    if (!opts.foreground && (ready = daemonize()) < 0)
+        goto out_daemon;
+    /* SIGHUP goes to the reload thread only: block it before any thread starts */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    struct fuse_session *se = dbm_fs_session_new(d, &args, ready);
+    if (!se)
+        goto out_daemon;
+    if (fuse_set_signal_handlers(se) < 0)
+        goto out_session;
+    signal(SIGHUP, SIG_DFL); /* libfuse hooks SIGHUP to exit; ours reloads (blocked, sigwait'ed) */
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    pthread_t rt;
+    pthread_create(&rt, NULL, reload_thread, d);
+    pthread_detach(rt);
+    if (fuse_session_mount(se, mountpoint) != 0) {
+        fprintf(stderr, "dbmovefs: cannot mount on %s (is /dev/fuse usable and fusermount3 installed?)\n", mountpoint);
+        goto out_signals;
+    }
+    dbm_notice("dbmovefs %s serving %s on %s", DBM_VERSION, d->state_dir, mountpoint);
+    if (!opts.foreground) {
+        detach_stdio();
+        dbm_log_setup(1, dbm_log_get_level());
+    }
+    if (opts.singlethread) {
+        ret = fuse_session_loop(se);
+    } else {
+        struct fuse_loop_config *lc = fuse_loop_cfg_create();
+        fuse_loop_cfg_set_clone_fd(lc, opts.clone_fd);
+        fuse_loop_cfg_set_idle_threads(lc, opts.max_idle_threads);
+        fuse_loop_cfg_set_max_threads(lc, opts.max_threads > 16 ? opts.max_threads : 16);
+        ret = fuse_session_loop_mt(se, lc);
+        fuse_loop_cfg_destroy(lc);
+    }
+    fuse_session_unmount(se);
+    dbm_notice("unmounted %s; exiting", mountpoint);
+    ret = ret == 0 ? 0 : 1;
+out_signals:
+    fuse_remove_signal_handlers(se);
+out_session:
+    fuse_session_destroy(se);
+out_daemon:
+    dbm_daemon_close(d);
+    free(mountpoint);
+    free(opts.mountpoint);
+    fuse_opt_free_args(&args);
+    return ret;
+}

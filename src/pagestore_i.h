@@ -1,0 +1,166 @@
+/* pagestore_i.h - private to pagestore.c and pgseg.c: one log segment of a
+ * timeline (its file, its index in RAM while active or on disk once sealed).
+ * The on-disk format is documented at the top of pagestore.c.
+ *
+ * Locking: a segment has no lock of its own for its contents. The timeline's
+ * rwlock protects every field a reader uses; only the timeline's single
+ * appender (holding the timeline's append lock) writes the log file and the
+ * appender-only fields (wbuf, alloc_end, zero_end). map_lock only guards the
+ * lazy open/mmap of a sealed segment, taken under the timeline's read lock. */
+#ifndef DBM_PAGESTORE_I_H
+#define DBM_PAGESTORE_I_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pagestore.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the page store's on-disk structs are little-endian; add byte swaps for this host"
+#endif
+
+#define PGS_SEG_MAGIC 0x31304745534d4244ull /* "DBMSEG01" */
+#define PGS_IDX_MAGIC 0x31305844494d4244ull /* "DBMIDX01" */
+#define PGS_IMG_MAGIC 0x3130474d494d4244ull /* "DBMIMG01" */
+#define PGS_META_MAGIC 0x31304d4c544d4244ull /* "DBMTLM01" */
+#define PGS_REC_MAGIC 0x524d4244u            /* "DBMR" */
+#define PGS_VERSION 1
+
+/* Log segment file header, at offset 0; records start at PGS_SEG_HDR. */
+struct pgs_seg_hdr {
+    uint64_t magic;
+    uint32_t version, page_size;
+    uint64_t tl_id, first_txid;
+    uint8_t reserved[28];
+    uint32_t crc; /* of the bytes before it */
+};
+#define PGS_SEG_HDR 64
+
+/* Record header; followed by npages pgs_rec_ent, then the pages in that order. */
+struct pgs_rec_hdr {
+    uint32_t magic;
+    uint8_t version, reserved0[3];
+    uint64_t txid, commit_ns;
+    uint32_t db_pages, npages;
+    uint64_t rec_len;  /* header + entries + pages */
+    uint32_t ent_crc;  /* of the entries array */
+    uint32_t hdr_crc;  /* of the bytes before it */
+};
+struct pgs_rec_ent {
+    uint32_t pgno, crc; /* crc: pgs_page_crc() */
+};
+
+/* One transaction: the on-disk idx layout and the in-RAM one. */
+struct pgs_txn {
+    uint64_t txid, commit_ns, rec_off;
+    uint32_t db_pages, reserved;
+};
+/* One page version: the on-disk idx layout (sorted by pgno, txid). */
+struct pgs_ent {
+    uint32_t pgno, crc;
+    uint64_t txid, data_off, rec_off;
+};
+/* Index file header; then ntx pgs_txn, then nent pgs_ent. */
+struct pgs_idx_hdr {
+    uint64_t magic;
+    uint32_t version, page_size;
+    uint64_t first_txid, last_txid, min_ns, max_ns, ntx, nent, log_bytes;
+    uint32_t min_pages, body_crc;
+    uint8_t reserved[12];
+    uint32_t hdr_crc;
+};
+
+/* Active segment: a page version in RAM, chained to the previous version of
+ * the same pgno (prev, or UINT32_MAX). */
+struct pgs_ment {
+    struct pgs_ent e;
+    uint32_t prev;
+};
+
+struct pgs_seg {
+    char *path;          /* log.<first>, owned */
+    uint32_t page_size;
+    uint64_t tl_id;
+    int fd;              /* -1 until opened (sealed segments open lazily) */
+    int sealed;
+    uint64_t first_txid, last_txid; /* last_txid == first_txid - 1 when empty */
+    uint64_t min_ns, max_ns;
+    uint32_t min_pages;
+    uint64_t end;        /* log bytes in use (records end here) */
+    uint64_t idx_bytes;  /* size of the .idx file once sealed */
+
+    /* sealed: lazy mapping of the .idx file */
+    pthread_mutex_t map_lock; /* innermost; guards fd/map setup of a sealed segment */
+    void *map;
+    size_t map_len;
+    const struct pgs_txn *txns;
+    const struct pgs_ent *ents;
+    uint64_t ntx, nent;
+
+    /* active: index in RAM */
+    struct pgs_txn *atx;
+    size_t natx, catx;
+    struct pgs_ment *ments;
+    size_t nment, cment;
+    uint32_t *hash;      /* pgno -> newest ments index, open addressing */
+    size_t hcap, hused;
+
+    /* appender only */
+    uint8_t *wbuf;
+    size_t wcap;
+    uint64_t alloc_end, zero_end;
+};
+
+/* Result of recovering an active segment. */
+struct pgs_recovery {
+    uint64_t bad_txid;  /* nonzero: a record mid-log is unreadable from this txid on */
+    int cut;            /* a torn tail was cut */
+};
+
+uint32_t dbm_pgs_page_crc(uint32_t pgno, uint64_t txid, const void *data, uint32_t page_size);
+
+/* Creates an empty active segment log.<first_txid> in dir (durable, dir
+ * fsync'd). Borrows dir; *out is new (dbm_pgs_seg_free). 0 or -errno. */
+int dbm_pgs_seg_create(int dirfd, const char *dir, uint64_t tl_id, uint32_t page_size,
+                       uint64_t first_txid, uint64_t prealloc, struct pgs_seg **out);
+/* Opens a sealed segment from its .idx header (the log and the body of the
+ * index are opened lazily). */
+int dbm_pgs_seg_open_sealed(const char *log_path, uint64_t tl_id, uint32_t page_size, uint64_t first_txid,
+                            struct pgs_seg **out);
+/* Opens the active segment and recovers it: scans it, cuts a torn tail. */
+int dbm_pgs_seg_recover(const char *log_path, uint64_t tl_id, uint32_t page_size, uint64_t first_txid,
+                        struct pgs_seg **out, struct pgs_recovery *rec);
+void dbm_pgs_seg_free(struct pgs_seg *g); /* accepts NULL */
+/* Unlinks the log and its index; returns bytes they held. */
+uint64_t dbm_pgs_seg_unlink(struct pgs_seg *g);
+
+/* Append, in three steps: reserve (timeline write-locked: grows arrays),
+ * write (no timeline lock: the record is written and fdatasync'd past end,
+ * invisible to readers; on failure the tail is cut), publish (write-locked:
+ * cannot fail). */
+int dbm_pgs_seg_reserve(struct pgs_seg *g, size_t n);
+int dbm_pgs_seg_write(struct pgs_seg *g, uint64_t txid, uint64_t commit_ns, uint32_t db_pages,
+                      const struct dbm_page_write *pages, size_t n, uint64_t prealloc, uint64_t *rec_len);
+void dbm_pgs_seg_publish(struct pgs_seg *g);
+
+/* Sealing: write_index does the I/O (appender, no lock), mark_sealed switches
+ * the in-RAM state (write-locked). */
+int dbm_pgs_seg_write_index(int dirfd, struct pgs_seg *g);
+void dbm_pgs_seg_mark_sealed(struct pgs_seg *g);
+
+/* Newest version of pgno with lo_excl < txid <= hi_incl. 1 found (*out), 0 not, -errno. */
+int dbm_pgs_seg_find(struct pgs_seg *g, uint32_t pgno, uint64_t hi_incl, uint64_t lo_excl, struct pgs_ent *out);
+/* Reads and verifies the page e (record header and page CRC). 0 or -EIO. */
+int dbm_pgs_seg_read(struct pgs_seg *g, const struct pgs_ent *e, void *buf);
+/* The transaction txid (1 found, 0 not in this segment, -errno). */
+int dbm_pgs_seg_txn(struct pgs_seg *g, uint64_t txid, struct pgs_txn *out);
+/* The last transaction with commit_ns <= ns (1 found, 0 none, -errno). */
+int dbm_pgs_seg_txn_at(struct pgs_seg *g, uint64_t ns, struct pgs_txn *out);
+/* 1 if every transaction with lo_excl < txid <= hi_incl has db_pages >= pgno,
+ * 0 if not, -errno. */
+int dbm_pgs_seg_pages_cover(struct pgs_seg *g, uint64_t lo_excl, uint64_t hi_incl, uint32_t pgno);
+
+int dbm_pgs_fsync_dir(int dirfd);
+
+#endif

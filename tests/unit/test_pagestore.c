@@ -1,0 +1,882 @@
+/* test_pagestore.c - the page store against an in-memory oracle: random
+ * histories, time lookups, branches, retention, recovery from torn tails,
+ * corruption, injected I/O faults, concurrent readers. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "log.h"
+#include "pagestore.h"
+#include "pagestore_i.h"
+#include "sysio.h"
+
+#define PS 512
+#define MAXP 160
+
+static char root[200];
+
+/* ---- deterministic data ---- */
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+static void fill(void *buf, uint32_t w)
+{
+    uint64_t s = 0x9E3779B97F4A7C15ull ^ ((uint64_t)w * 0x100000001b3ull);
+    uint64_t *p = buf;
+    for (size_t i = 0; i < PS / 8; i++)
+        p[i] = rng_next(&s);
+}
+
+/* ---- the oracle: per txid, db size, commit time and which write each page holds ---- */
+
+struct oracle {
+    uint64_t base; /* txid of entry 0 (0 for a root, branch_txid for a child) */
+    size_t n, cap;
+    uint64_t *ns;
+    uint32_t *dbp;
+    uint32_t *ver; /* ver[i * MAXP + pgno - 1]: write id, 0 = zeros */
+};
+
+static uint32_t next_w = 1;
+
+static void oracle_grow(struct oracle *o)
+{
+    if (o->n < o->cap)
+        return;
+    o->cap = o->cap ? 2 * o->cap : 64;
+    o->ns = realloc(o->ns, o->cap * sizeof *o->ns);
+    o->dbp = realloc(o->dbp, o->cap * sizeof *o->dbp);
+    o->ver = realloc(o->ver, o->cap * MAXP * sizeof *o->ver);
+    if (!o->ns || !o->dbp || !o->ver)
+        abort();
+}
+
+static void oracle_init(struct oracle *o, const struct oracle *parent, uint64_t branch)
+{
+    memset(o, 0, sizeof *o);
+    oracle_grow(o);
+    o->base = branch;
+    o->n = 1;
+    if (parent) {
+        size_t i = branch - parent->base;
+        o->ns[0] = parent->ns[i];
+        o->dbp[0] = parent->dbp[i];
+        memcpy(o->ver, parent->ver + i * MAXP, MAXP * sizeof *o->ver);
+    } else {
+        o->ns[0] = 0;
+        o->dbp[0] = 0;
+        memset(o->ver, 0, MAXP * sizeof *o->ver);
+    }
+}
+
+static void oracle_free(struct oracle *o)
+{
+    free(o->ns);
+    free(o->dbp);
+    free(o->ver);
+}
+
+static uint64_t oracle_last(const struct oracle *o) { return o->base + o->n - 1; }
+
+/* Generates the next transaction: db size walks (sometimes shrinking), a few
+ * random pages are written, commit times increase (sometimes equal). */
+static void oracle_gen(struct oracle *o, uint64_t *rng)
+{
+    oracle_grow(o);
+    size_t i = o->n++;
+    uint32_t *v = o->ver + i * MAXP;
+    memcpy(v, v - MAXP, MAXP * sizeof *v);
+    uint32_t db = o->dbp[i - 1];
+    uint64_t r = rng_next(rng);
+    if (r % 10 == 0 && db > 10)
+        db = db / 2 + (uint32_t)(r >> 8) % (db / 2); /* shrink */
+    else if (r % 3 == 0 || db == 0)
+        db += 1 + (uint32_t)(r >> 16) % 12;
+    if (db > MAXP)
+        db = MAXP;
+    for (uint32_t p = db + 1; p <= MAXP; p++)
+        v[p - 1] = 0;
+    uint32_t k = 1 + (uint32_t)(rng_next(rng) % 10);
+    for (uint32_t j = 0; j < k; j++)
+        v[rng_next(rng) % db] = next_w++;
+    o->dbp[i] = db;
+    o->ns[i] = o->ns[i - 1] + (rng_next(rng) % 4) * 1000 + (i == 1 ? 1000000 : 0);
+}
+
+/* Appends oracle entry i to t. */
+static int apply(struct dbm_timeline *t, const struct oracle *o, size_t i)
+{
+    static uint8_t bufs[MAXP][PS];
+    struct dbm_page_write w[MAXP];
+    size_t n = 0;
+    const uint32_t *v = o->ver + i * MAXP, *pv = v - MAXP;
+    for (uint32_t p = 1; p <= MAXP; p++)
+        if (v[p - 1] && v[p - 1] != pv[p - 1]) {
+            fill(bufs[n], v[p - 1]);
+            w[n].pgno = p;
+            w[n].data = bufs[n];
+            n++;
+        }
+    uint64_t txid = 0;
+    int rc = dbm_tl_append(t, o->ns[i], o->dbp[i], w, n, &txid);
+    if (rc == 0 && txid != o->base + i)
+        return -1000;
+    return rc;
+}
+
+/* Checks one read; returns 0 if it matches the oracle. */
+static int check_read(struct dbm_timeline *t, const struct oracle *o, uint64_t txid, uint32_t pgno)
+{
+    uint8_t got[PS], want[PS];
+    size_t i = txid - o->base;
+    uint32_t w = pgno <= o->dbp[i] ? o->ver[i * MAXP + pgno - 1] : 0;
+    int rc = dbm_tl_read_page(t, txid, pgno, got);
+    if (w) {
+        fill(want, w);
+        if (rc == 0 && memcmp(got, want, PS) == 0)
+            return 0;
+    } else {
+        memset(want, 0, PS);
+        if (rc == 1 && memcmp(got, want, PS) == 0)
+            return 0;
+    }
+    fprintf(stderr, "read txid %" PRIu64 " pgno %u: rc %d, want write %u\n", txid, pgno, rc, w);
+    return -1;
+}
+
+/* Checks every page (and one past the end) at every txid in [from, last]. */
+static int check_all(struct dbm_timeline *t, const struct oracle *o, uint64_t from)
+{
+    int bad = 0;
+    for (uint64_t x = from; x <= oracle_last(o) && bad < 5; x++)
+        for (uint32_t p = 1; p <= o->dbp[x - o->base] + 1 && p <= MAXP && bad < 5; p++)
+            bad += check_read(t, o, x, p) != 0;
+    return bad;
+}
+
+/* The oracle's answer to txid_at(ns) over entries from index lo. */
+static long oracle_at(const struct oracle *o, size_t lo, uint64_t ns)
+{
+    long r = -1;
+    for (size_t i = lo; i < o->n; i++)
+        if (o->ns[i] <= ns)
+            r = (long)i;
+    return r;
+}
+
+static int check_times(struct dbm_timeline *t, const struct oracle *o, uint64_t first)
+{
+    int bad = 0;
+    size_t lo = first - o->base;
+    for (size_t i = lo; i < o->n; i++) {
+        uint64_t probes[3] = { o->ns[i], o->ns[i] + 500, o->ns[i] ? o->ns[i] - 1 : 0 };
+        for (int k = 0; k < 3; k++) {
+            struct dbm_txinfo ti;
+            long want = oracle_at(o, lo, probes[k]);
+            int rc = dbm_tl_txid_at(t, probes[k], &ti);
+            if (want < 0 ? rc != -ENOENT
+                         : rc != 0 || ti.txid != o->base + (uint64_t)want || ti.commit_ns != o->ns[want] ||
+                               ti.db_pages != o->dbp[want]) {
+                fprintf(stderr, "txid_at(%" PRIu64 "): rc %d txid %" PRIu64 ", want %ld\n", probes[k], rc,
+                        rc ? 0 : ti.txid, want < 0 ? -1 : (long)o->base + want);
+                bad++;
+            }
+        }
+    }
+    return bad;
+}
+
+/* ---- helpers on files ---- */
+
+static void rm_rf(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d))) {
+            if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+                continue;
+            char sub[1024];
+            snprintf(sub, sizeof sub, "%s/%s", path, de->d_name);
+            rm_rf(sub);
+        }
+        closedir(d);
+        rmdir(path);
+    } else {
+        unlink(path);
+    }
+}
+
+static void tl_dir(char *out, size_t n, const char *store, uint64_t id)
+{
+    snprintf(out, n, "%s/%016" PRIx64, store, id);
+}
+
+/* Finds the record of txid in the timeline's logs: its file and offset. */
+static int find_record(const char *dir, uint64_t txid, char *path, size_t n, uint64_t *off,
+                       struct pgs_rec_hdr *hdr)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    int found = 0;
+    while (d && !found && (de = readdir(d))) {
+        if (strncmp(de->d_name, "log.", 4) || strlen(de->d_name) != 20)
+            continue;
+        snprintf(path, n, "%s/%s", dir, de->d_name);
+        int fd = open(path, O_RDONLY);
+        uint64_t o = PGS_SEG_HDR;
+        while (fd >= 0 && pread(fd, hdr, sizeof *hdr, (off_t)o) == (ssize_t)sizeof *hdr &&
+               hdr->magic == PGS_REC_MAGIC) {
+            if (hdr->txid == txid) {
+                *off = o;
+                found = 1;
+                break;
+            }
+            o += hdr->rec_len;
+        }
+        if (fd >= 0)
+            close(fd);
+    }
+    if (d)
+        closedir(d);
+    return found ? 0 : -1;
+}
+
+static void flip_byte(const char *path, uint64_t off)
+{
+    int fd = open(path, O_RDWR);
+    uint8_t b = 0;
+    if (fd < 0 || pread(fd, &b, 1, (off_t)off) != 1)
+        abort();
+    b ^= 0x5a;
+    if (pwrite(fd, &b, 1, (off_t)off) != 1)
+        abort();
+    close(fd);
+}
+
+static struct dbm_store *store_new(const char *name, uint64_t seg, uint64_t img, char *dir_out)
+{
+    struct dbm_store_opts opts = { seg, img };
+    struct dbm_store *s = NULL;
+    snprintf(dir_out, 256, "%s/%s", root, name);
+    int rc = dbm_store_open(dir_out, &opts, &s);
+    CHECK_EQ_INT(rc, 0);
+    return s;
+}
+
+static struct dbm_store *store_reopen(struct dbm_store *s, const char *dir, uint64_t seg, uint64_t img)
+{
+    struct dbm_store_opts opts = { seg, img };
+    dbm_store_close(s);
+    s = NULL;
+    CHECK_EQ_INT(dbm_store_open(dir, &opts, &s), 0);
+    return s;
+}
+
+/* ---- tests ---- */
+
+static void test_history(void)
+{
+    char dir[256];
+    struct dbm_store *s = store_new("history", 64 * 1024, 160 * 1024, dir);
+    uint64_t id;
+    struct dbm_timeline *t;
+    CHECK_EQ_INT(dbm_tl_create(s, PS, 0, 0, &id), 0);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    struct dbm_tl_stat st;
+    uint8_t buf[PS];
+    CHECK_EQ_INT(dbm_tl_stat(t, &st), 0);
+    CHECK(st.last_txid == 0 && st.first_txid == 0 && st.commits == 0);
+    CHECK_EQ_INT(dbm_tl_read_page(t, 0, 1, buf), 1);
+    CHECK_EQ_INT(dbm_tl_read_page(t, 1, 1, buf), -ERANGE);
+    struct dbm_txinfo ti;
+    CHECK_EQ_INT(dbm_tl_txid_at(t, UINT64_MAX, &ti), -ENOENT);
+
+    struct oracle o;
+    uint64_t rng = 42;
+    oracle_init(&o, NULL, 0);
+    int bad = 0;
+    for (int i = 0; i < 700; i++) {
+        oracle_gen(&o, &rng);
+        bad += apply(t, &o, o.n - 1) != 0;
+        for (int k = 0; k < 4; k++) {
+            uint64_t x = 1 + rng_next(&rng) % oracle_last(&o);
+            bad += check_read(t, &o, x, 1 + (uint32_t)(rng_next(&rng) % MAXP)) != 0;
+        }
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(check_all(t, &o, 1), 0);
+    CHECK_EQ_INT(check_times(t, &o, 1), 0);
+    CHECK_EQ_INT(dbm_tl_read_page(t, oracle_last(&o) + 1, 1, buf), -ERANGE);
+    CHECK_EQ_INT(dbm_tl_stat(t, &st), 0);
+    CHECK(st.first_txid == 1 && st.last_txid == oracle_last(&o) && st.commits == 700);
+    CHECK(st.db_pages == o.dbp[o.n - 1] && st.first_ns == o.ns[1] && st.last_ns == o.ns[o.n - 1]);
+    CHECK(st.history_bytes > 700 * PS);
+    CHECK_EQ_INT(dbm_tl_txinfo(t, 5, &ti), 0);
+    CHECK(ti.txid == 5 && ti.commit_ns == o.ns[5] && ti.db_pages == o.dbp[5]);
+    CHECK_EQ_INT(dbm_tl_txinfo(t, 0, &ti), -ENOENT);
+
+    /* several segments were sealed and images were written */
+    char tdir[300];
+    tl_dir(tdir, sizeof tdir, dir, id);
+    DIR *d = opendir(tdir);
+    int idx = 0, img = 0;
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        idx += strstr(de->d_name, ".idx") != NULL;
+        img += !strncmp(de->d_name, "image.", 6);
+    }
+    if (d)
+        closedir(d);
+    CHECK(idx >= 10);
+    CHECK(img >= 3);
+
+    /* close and reopen: the same answers */
+    CHECK_EQ_INT(dbm_tl_drop(s, id), -EBUSY);
+    dbm_tl_close(t);
+    s = store_reopen(s, dir, 64 * 1024, 160 * 1024);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    CHECK_EQ_INT(check_all(t, &o, 1), 0);
+    CHECK_EQ_INT(check_times(t, &o, 1), 0);
+    for (int i = 0; i < 50; i++) {
+        oracle_gen(&o, &rng);
+        bad += apply(t, &o, o.n - 1) != 0;
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(check_all(t, &o, oracle_last(&o) - 60), 0);
+    dbm_tl_close(t);
+    CHECK_EQ_INT(dbm_tl_drop(s, id), 0);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), -ENOENT);
+    dbm_store_close(s);
+    oracle_free(&o);
+}
+
+static void test_branch(void)
+{
+    char dir[256];
+    struct dbm_store *s = store_new("branch", 32 * 1024, 0, dir);
+    uint64_t pid, cid, gid;
+    struct dbm_timeline *p, *c, *g;
+    struct oracle po, co, go;
+    uint64_t rng = 7;
+    int bad = 0;
+    CHECK_EQ_INT(dbm_tl_create(s, PS, 0, 0, &pid), 0);
+    CHECK_EQ_INT(dbm_tl_open(s, pid, &p), 0);
+    oracle_init(&po, NULL, 0);
+    for (int i = 0; i < 150; i++) {
+        oracle_gen(&po, &rng);
+        bad += apply(p, &po, po.n - 1) != 0;
+    }
+    CHECK_EQ_INT(dbm_tl_create(s, PS, pid, 1000, &cid), -ERANGE);
+    CHECK_EQ_INT(dbm_tl_create(s, 1024, pid, 10, &cid), -EINVAL);
+    CHECK_EQ_INT(dbm_tl_create(s, PS, pid, 100, &cid), 0);
+    CHECK_EQ_INT(dbm_tl_open(s, cid, &c), 0);
+    oracle_init(&co, &po, 100);
+
+    /* before any commit of its own, the child is its branch point */
+    struct dbm_tl_stat st;
+    struct dbm_txinfo ti;
+    CHECK_EQ_INT(dbm_tl_stat(c, &st), 0);
+    CHECK(st.first_txid == 100 && st.last_txid == 100 && st.parent_id == pid && st.db_pages == po.dbp[100]);
+    CHECK_EQ_INT(dbm_tl_txid_at(c, po.ns[150], &ti), 0);
+    CHECK_EQ_INT(ti.txid, 100);
+    CHECK_EQ_INT(dbm_tl_txid_at(c, po.ns[1], &ti), po.ns[1] < po.ns[100] ? -ENOENT : 0);
+    CHECK_EQ_INT(check_all(c, &co, 100), 0);
+
+    /* the parent goes on; the child diverges */
+    for (int i = 0; i < 100; i++) {
+        oracle_gen(&po, &rng);
+        bad += apply(p, &po, po.n - 1) != 0;
+        oracle_gen(&co, &rng);
+        bad += apply(c, &co, co.n - 1) != 0;
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(check_all(c, &co, 100), 0);
+    CHECK_EQ_INT(check_all(p, &po, 90), 0);
+    CHECK_EQ_INT(check_times(c, &co, 100), 0);
+    uint8_t buf[PS];
+    CHECK_EQ_INT(dbm_tl_read_page(c, 99, 1, buf), -ERANGE);
+
+    /* a grandchild of the child */
+    CHECK_EQ_INT(dbm_tl_create(s, PS, cid, 150, &gid), 0);
+    CHECK_EQ_INT(dbm_tl_open(s, gid, &g), 0);
+    oracle_init(&go, &co, 150);
+    for (int i = 0; i < 60; i++) {
+        oracle_gen(&go, &rng);
+        bad += apply(g, &go, go.n - 1) != 0;
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(check_all(g, &go, 150), 0);
+    CHECK_EQ_INT(dbm_tl_drop(s, cid), -EBUSY);
+
+    /* reopen only the grandchild: it opens its ancestors itself */
+    dbm_tl_close(p);
+    dbm_tl_close(c);
+    dbm_tl_close(g);
+    CHECK_EQ_INT(dbm_tl_drop(s, pid), -EBUSY); /* has children */
+    s = store_reopen(s, dir, 32 * 1024, 0);
+    CHECK_EQ_INT(dbm_tl_open(s, gid, &g), 0);
+    CHECK_EQ_INT(check_all(g, &go, 150), 0);
+    CHECK_EQ_INT(dbm_tl_drop(s, cid), -EBUSY); /* open through g */
+    dbm_tl_close(g);
+    CHECK_EQ_INT(dbm_tl_drop(s, gid), 0);
+    CHECK_EQ_INT(dbm_tl_drop(s, cid), 0);
+    CHECK_EQ_INT(dbm_tl_drop(s, pid), 0);
+    dbm_store_close(s);
+    oracle_free(&po);
+    oracle_free(&co);
+    oracle_free(&go);
+}
+
+static void test_gc(void)
+{
+    char dir[256];
+    struct dbm_store *s = store_new("gc", 32 * 1024, 256 * 1024, dir);
+    uint64_t id, cid;
+    struct dbm_timeline *t;
+    struct oracle o;
+    uint64_t rng = 99;
+    int bad = 0;
+    CHECK_EQ_INT(dbm_tl_create(s, PS, 0, 0, &id), 0);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    oracle_init(&o, NULL, 0);
+    for (int i = 0; i < 600; i++) {
+        oracle_gen(&o, &rng);
+        bad += apply(t, &o, o.n - 1) != 0;
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(dbm_tl_create(s, PS, id, 200, &cid), 0);
+
+    /* horizon before everything: nothing goes */
+    CHECK_EQ_INT(dbm_tl_gc(t, 0), 0);
+    /* the child's branch point holds history back to 200 */
+    struct dbm_tl_stat st, st0;
+    CHECK_EQ_INT(dbm_tl_stat(t, &st0), 0);
+    int64_t freed = dbm_tl_gc(t, o.ns[450]);
+    CHECK(freed > 0);
+    CHECK_EQ_INT(dbm_tl_stat(t, &st), 0);
+    CHECK(st.first_txid > 1 && st.first_txid <= 200);
+    CHECK(st.history_bytes < st0.history_bytes);
+    CHECK_EQ_INT(check_all(t, &o, st.first_txid), 0);
+    uint8_t buf[PS];
+    CHECK_EQ_INT(dbm_tl_read_page(t, st.first_txid - 1, 1, buf), -ERANGE);
+
+    /* without the child, history goes up to the txid in force at the horizon */
+    CHECK_EQ_INT(dbm_tl_drop(s, cid), 0);
+    uint64_t horizon = o.ns[450] + 1;
+    long keep = oracle_at(&o, 1, horizon);
+    freed = dbm_tl_gc(t, horizon);
+    CHECK(freed > 0);
+    CHECK_EQ_INT(dbm_tl_stat(t, &st), 0);
+    CHECK(st.first_txid > 200 && st.first_txid <= (uint64_t)keep);
+    CHECK(st.last_txid == 600 && st.commits < 600);
+    CHECK_EQ_INT(check_all(t, &o, st.first_txid), 0);
+    CHECK_EQ_INT(check_times(t, &o, st.first_txid), 0);
+    struct dbm_txinfo ti;
+    CHECK_EQ_INT(dbm_tl_txid_at(t, horizon, &ti), 0);
+    CHECK_EQ_INT(ti.txid, keep);
+
+    /* a horizon past the end keeps the newest state */
+    freed = dbm_tl_gc(t, UINT64_MAX);
+    CHECK(freed >= 0);
+    CHECK_EQ_INT(dbm_tl_stat(t, &st), 0);
+    CHECK(st.last_txid == 600 && st.first_txid <= 600);
+    CHECK_EQ_INT(check_all(t, &o, 600), 0);
+
+    /* after reopening, the same range */
+    uint64_t first = st.first_txid;
+    dbm_tl_close(t);
+    s = store_reopen(s, dir, 32 * 1024, 256 * 1024);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    CHECK_EQ_INT(dbm_tl_stat(t, &st), 0);
+    CHECK_EQ_INT(st.first_txid, first);
+    CHECK_EQ_INT(check_all(t, &o, first), 0);
+    for (int i = 0; i < 30; i++) {
+        oracle_gen(&o, &rng);
+        bad += apply(t, &o, o.n - 1) != 0;
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(check_all(t, &o, first), 0);
+    dbm_tl_close(t);
+    dbm_store_close(s);
+    oracle_free(&o);
+}
+
+/* Builds a timeline of n transactions in one big segment (no images). */
+static struct dbm_store *build_small(const char *name, char *dir, uint64_t *id, struct oracle *o, int n,
+                                     uint64_t seg)
+{
+    struct dbm_store *s = store_new(name, seg, 1ull << 40, dir);
+    struct dbm_timeline *t;
+    uint64_t rng = 1234;
+    int bad = 0;
+    CHECK_EQ_INT(dbm_tl_create(s, PS, 0, 0, id), 0);
+    CHECK_EQ_INT(dbm_tl_open(s, *id, &t), 0);
+    oracle_init(o, NULL, 0);
+    for (int i = 0; i < n; i++) {
+        oracle_gen(o, &rng);
+        bad += apply(t, o, o->n - 1) != 0;
+    }
+    CHECK_EQ_INT(bad, 0);
+    dbm_tl_close(t);
+    return s;
+}
+
+static uint8_t *slurp(const char *path, size_t *n)
+{
+    int fd = open(path, O_RDONLY);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0)
+        abort();
+    uint8_t *b = malloc((size_t)st.st_size + 1);
+    if (pread(fd, b, (size_t)st.st_size, 0) != st.st_size)
+        abort();
+    close(fd);
+    *n = (size_t)st.st_size;
+    return b;
+}
+
+static void spit(const char *path, const uint8_t *b, size_t n)
+{
+    int fd = open(path, O_WRONLY | O_TRUNC);
+    if (fd < 0 || pwrite(fd, b, n, 0) != (ssize_t)n)
+        abort();
+    close(fd);
+}
+
+/* Opens, checks that txids up to last are intact, appends one more. */
+static int reopen_and_check(struct dbm_store *s, uint64_t id, struct oracle *o, uint64_t last)
+{
+    struct dbm_timeline *t;
+    struct dbm_tl_stat st;
+    int bad = 0;
+    if (dbm_tl_open(s, id, &t))
+        return 1;
+    dbm_tl_stat(t, &st);
+    bad += st.last_txid != last;
+    size_t saved = o->n;
+    o->n = last - o->base + 1;
+    bad += check_all(t, o, last > 5 ? last - 5 : 1);
+    uint64_t rng = last * 77 + 1;
+    oracle_gen(o, &rng);
+    bad += apply(t, o, o->n - 1) != 0;
+    bad += check_all(t, o, last);
+    dbm_tl_close(t);
+    o->n = saved;
+    return bad;
+}
+
+static void test_torn(void)
+{
+    char dir[256], tdir[300], path[400];
+    uint64_t id, off;
+    struct oracle o;
+    struct pgs_rec_hdr h;
+    struct dbm_store *s = build_small("torn", dir, &id, &o, 40, 1 << 20);
+    tl_dir(tdir, sizeof tdir, dir, id);
+    CHECK_EQ_INT(find_record(tdir, 40, path, sizeof path, &off, &h), 0);
+    size_t n;
+    uint8_t *orig = slurp(path, &n);
+    uint64_t len = h.rec_len;
+    uint64_t cuts[] = { 0, 1, 7, 8, 44, 47, 48, 49, 60, len / 2, len - PS, len - 9, len - 1 };
+    int bad = 0;
+    for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
+        if (truncate(path, (off_t)(off + cuts[i])) < 0)
+            abort();
+        bad += reopen_and_check(s, id, &o, 39) != 0;
+        spit(path, orig, n);
+    }
+    /* random cut points */
+    uint64_t rng = 5;
+    for (int i = 0; i < 20; i++) {
+        if (truncate(path, (off_t)(off + rng_next(&rng) % len)) < 0)
+            abort();
+        bad += reopen_and_check(s, id, &o, 39) != 0;
+        spit(path, orig, n);
+    }
+    CHECK_EQ_INT(bad, 0);
+    /* garbage after the last record, inside the preallocated area and past it */
+    for (int i = 0; i < 3; i++) {
+        uint8_t junk[3000];
+        for (size_t k = 0; k < sizeof junk; k++)
+            junk[k] = (uint8_t)rng_next(&rng);
+        if (i == 2)
+            memcpy(junk, &h, 40); /* a header prefix without a valid checksum */
+        int fd = open(path, O_WRONLY);
+        uint64_t at = i == 1 ? n : off + len;
+        CHECK(fd >= 0 && pwrite(fd, junk, sizeof junk, (off_t)at) == (ssize_t)sizeof junk);
+        close(fd);
+        CHECK_EQ_INT(reopen_and_check(s, id, &o, 40), 0);
+        spit(path, orig, n);
+        if (truncate(path, (off_t)n) < 0)
+            abort();
+    }
+    /* a torn tail whose header is intact but whose pages are not */
+    flip_byte(path, off + len - 3);
+    CHECK_EQ_INT(reopen_and_check(s, id, &o, 39), 0);
+    spit(path, orig, n);
+    /* a header flipped in the tail record: torn */
+    flip_byte(path, off + 9);
+    CHECK_EQ_INT(reopen_and_check(s, id, &o, 39), 0);
+    free(orig);
+    dbm_store_close(s);
+    oracle_free(&o);
+}
+
+static void test_corruption(void)
+{
+    char dir[256], tdir[300], path[400];
+    uint64_t id, off;
+    struct oracle o;
+    struct pgs_rec_hdr h;
+    struct dbm_timeline *t;
+    uint8_t buf[PS];
+    /* 8 KiB segments: the early records are in sealed segments */
+    struct dbm_store *s = build_small("corrupt", dir, &id, &o, 80, 8 * 1024);
+    tl_dir(tdir, sizeof tdir, dir, id);
+
+    /* a page of a sealed segment */
+    CHECK_EQ_INT(find_record(tdir, 10, path, sizeof path, &off, &h), 0);
+    struct pgs_rec_ent e0;
+    int fd = open(path, O_RDONLY);
+    CHECK(fd >= 0 && pread(fd, &e0, sizeof e0, (off_t)(off + sizeof h)) == (ssize_t)sizeof e0);
+    close(fd);
+    flip_byte(path, off + sizeof h + h.npages * 8 + 100);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    CHECK_EQ_INT(dbm_tl_read_page(t, 10, e0.pgno, buf), -EIO);
+    CHECK_EQ_INT(check_all(t, &o, 60), 0);
+    dbm_tl_close(t);
+    flip_byte(path, off + sizeof h + h.npages * 8 + 100);
+
+    /* a record header of a sealed segment */
+    flip_byte(path, off + 20);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    CHECK_EQ_INT(dbm_tl_read_page(t, 10, e0.pgno, buf), -EIO);
+    CHECK_EQ_INT(check_all(t, &o, 60), 0);
+    dbm_tl_close(t);
+    flip_byte(path, off + 20);
+
+    /* the active segment: a page mid-log, then a header mid-log */
+    struct dbm_tl_stat st;
+    CHECK_EQ_INT(find_record(tdir, 78, path, sizeof path, &off, &h), 0);
+    CHECK(strstr(path, ".idx") == NULL);
+    fd = open(path, O_RDONLY);
+    CHECK(fd >= 0 && pread(fd, &e0, sizeof e0, (off_t)(off + sizeof h)) == (ssize_t)sizeof e0);
+    close(fd);
+    flip_byte(path, off + sizeof h + h.npages * 8 + 5);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    CHECK_EQ_INT(dbm_tl_stat(t, &st), 0);
+    CHECK_EQ_INT(st.last_txid, 80);
+    CHECK_EQ_INT(dbm_tl_read_page(t, 78, e0.pgno, buf), -EIO);
+    CHECK_EQ_INT(check_read(t, &o, 77, e0.pgno), 0);
+    dbm_tl_close(t);
+    flip_byte(path, off + sizeof h + h.npages * 8 + 5);
+
+    flip_byte(path, off + 30);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    CHECK_EQ_INT(dbm_tl_read_page(t, 78, e0.pgno, buf), -EIO);
+    CHECK_EQ_INT(dbm_tl_read_page(t, 80, 1, buf), -EIO);
+    CHECK_EQ_INT(check_all(t, &o, 70) > 0, 1);
+    o.n = 78; /* what is before the damage still reads */
+    CHECK_EQ_INT(check_all(t, &o, 60), 0);
+    o.n = 81;
+    struct dbm_page_write w = { 1, buf };
+    CHECK_EQ_INT(dbm_tl_append(t, o.ns[80] + 1, 5, &w, 1, NULL), -EIO);
+    dbm_tl_close(t);
+    flip_byte(path, off + 30);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    CHECK_EQ_INT(check_all(t, &o, 1), 0);
+    dbm_tl_close(t);
+    dbm_store_close(s);
+    oracle_free(&o);
+}
+
+/* ---- injected faults ---- */
+
+static int fault_after;     /* calls to let through before failing */
+static int fault_errno;
+static int fault_partial;   /* write half of the failing pwrite first */
+
+static ssize_t fault_pwrite(int fd, const void *b, size_t n, off_t off)
+{
+    if (fault_after-- > 0)
+        return pwrite(fd, b, n, off);
+    if (fault_partial && n > 1) {
+        fault_partial = 0;
+        fault_after = 0;
+        return pwrite(fd, b, n / 2, off);
+    }
+    errno = fault_errno;
+    return -1;
+}
+
+static int fault_fdatasync(int fd)
+{
+    (void)fd;
+    errno = fault_errno;
+    return -1;
+}
+
+static int fault_fallocate(int fd, int mode, off_t off, off_t len)
+{
+    (void)fd, (void)mode, (void)off, (void)len;
+    errno = fault_errno;
+    return -1;
+}
+
+static void test_faults(void)
+{
+    char dir[256];
+    uint64_t id;
+    struct oracle o;
+    struct dbm_timeline *t;
+    struct dbm_tl_stat st0, st;
+    struct dbm_store *s = build_small("faults", dir, &id, &o, 30, 16 * 1024);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    uint64_t rng = 77;
+    int bad = 0;
+    for (int round = 0; round < 24; round++) {
+        CHECK_EQ_INT(dbm_tl_stat(t, &st0), 0);
+        oracle_gen(&o, &rng);
+        fault_errno = round % 2 ? EIO : ENOSPC;
+        fault_after = round % 3;
+        fault_partial = round % 4 == 1;
+        switch (round % 3) {
+        case 0:
+        case 1:
+            dbm_sys.pwrite = fault_pwrite;
+            break;
+        default:
+            dbm_sys.fdatasync = fault_fdatasync;
+        }
+        if (round % 8 == 7)
+            dbm_sys.fallocate = fault_fallocate;
+        int rc = apply(t, &o, o.n - 1);
+        dbm_sysio_reset();
+        /* pwrite faults may hit a call the append did not need; otherwise it failed */
+        if (rc == 0)
+            continue;
+        bad += rc != -fault_errno;
+        CHECK_EQ_INT(dbm_tl_stat(t, &st), 0);
+        bad += st.last_txid != st0.last_txid || st.commits != st0.commits;
+        bad += check_all(t, &o, st.last_txid > 3 ? st.last_txid - 3 : 1) != 0;
+        bad += apply(t, &o, o.n - 1) != 0; /* the same transaction, now it works */
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(check_all(t, &o, 1), 0);
+    dbm_tl_close(t);
+    s = store_reopen(s, dir, 16 * 1024, 1ull << 40);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    CHECK_EQ_INT(dbm_tl_stat(t, &st), 0);
+    CHECK_EQ_INT(st.last_txid, oracle_last(&o));
+    CHECK_EQ_INT(check_all(t, &o, 1), 0);
+    dbm_tl_close(t);
+    dbm_store_close(s);
+    oracle_free(&o);
+}
+
+/* ---- concurrent readers ---- */
+
+struct conc {
+    struct dbm_timeline *t;
+    const struct oracle *o;
+    volatile int stop;
+    int bad;
+    long reads;
+    uint64_t seed;
+};
+
+static void *reader(void *arg)
+{
+    struct conc *c = arg;
+    uint64_t rng = c->seed;
+    int bad = 0;
+    long reads = 0;
+    while (!c->stop) {
+        struct dbm_tl_stat st;
+        dbm_tl_stat(c->t, &st);
+        if (st.last_txid == 0)
+            continue;
+        uint64_t x = rng_next(&rng) % 4 ? st.last_txid - rng_next(&rng) % (st.last_txid < 5 ? st.last_txid : 5)
+                                        : 1 + rng_next(&rng) % st.last_txid;
+        bad += check_read(c->t, c->o, x, 1 + (uint32_t)(rng_next(&rng) % MAXP)) != 0;
+        struct dbm_txinfo ti;
+        if (dbm_tl_txid_at(c->t, c->o->ns[x], &ti) || ti.txid < x)
+            bad++;
+        reads++;
+    }
+    __atomic_add_fetch(&c->bad, bad, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&c->reads, reads, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+static void test_concurrent(void)
+{
+    char dir[256];
+    struct dbm_store *s = store_new("conc", 32 * 1024, 128 * 1024, dir);
+    uint64_t id;
+    struct oracle o;
+    uint64_t rng = 2024;
+    CHECK_EQ_INT(dbm_tl_create(s, PS, 0, 0, &id), 0);
+    struct conc c = { 0 };
+    CHECK_EQ_INT(dbm_tl_open(s, id, &c.t), 0);
+    oracle_init(&o, NULL, 0);
+    for (int i = 0; i < 800; i++)
+        oracle_gen(&o, &rng);
+    c.o = &o;
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        struct conc *cc = &c;
+        cc->seed = 100 + (uint64_t)i;
+        pthread_create(&th[i], NULL, reader, cc);
+    }
+    int bad = 0;
+    for (size_t i = 1; i < o.n; i++)
+        bad += apply(c.t, &o, i) != 0;
+    c.stop = 1;
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(c.bad, 0);
+    CHECK(c.reads > 100);
+    CHECK_EQ_INT(check_all(c.t, &o, 1), 0);
+    dbm_tl_close(c.t);
+    dbm_store_close(s);
+    oracle_free(&o);
+}
+
+int main(void)
+{
+    const char *tmp = getenv("TMPDIR");
+    snprintf(root, sizeof root, "%s/test_pagestore.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(root)) {
+        perror("mkdtemp");
+        return EXIT_FAILURE;
+    }
+    dbm_log_setup(0, getenv("PS_VERBOSE") ? DBM_LOG_DEBUG : DBM_LOG_ERR);
+    test_history();
+    test_branch();
+    test_gc();
+    test_torn();
+    test_corruption();
+    test_faults();
+    test_concurrent();
+    rm_rf(root);
+    return CHECK_DONE();
+}
