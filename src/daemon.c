@@ -161,11 +161,16 @@ static int take_lock(struct dbm_daemon *d, char *err, size_t errsz)
             snprintf(err, errsz, "%s: cannot lock: %s", path, strerror(e));
         return e == EWOULDBLOCK ? -EBUSY : -e;
     }
+    dbm_daemon_record_pid(d);
+    return 0;
+}
+
+void dbm_daemon_record_pid(struct dbm_daemon *d)
+{
     char pid[32];
     int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
     if (ftruncate(d->lock_fd, 0) < 0 || pwrite(d->lock_fd, pid, (size_t)n, 0) != n)
-        dbm_warn("%s: cannot record the pid: %s", path, strerror(errno));
-    return 0;
+        dbm_warn("%s/%s: cannot record the pid: %s", d->state_dir, DBM_LOCK_FILE, strerror(errno));
 }
 
 int dbm_daemon_open(const char *state_dir, struct dbm_daemon **out, char *err, size_t errsz)

@@ -56,6 +56,8 @@ int dbm_daemon_init_state(const char *dir, char *err, size_t errsz);
  * page store, builds the environments. err gets a message on failure. */
 int dbm_daemon_open(const char *state_dir, struct dbm_daemon **out, char *err, size_t errsz);
 void dbm_daemon_close(struct dbm_daemon *d); /* accepts NULL and half-built objects */
+/* Writes this process's pid into the lock file (again, after a fork). */
+void dbm_daemon_record_pid(struct dbm_daemon *d);
 
 /* SIGHUP: parses the config again; on success swaps it in and returns 0; on
  * failure keeps the old one, logs why and returns -errno. */

@@ -194,8 +194,11 @@ int main(int argc, char *argv[])
         dbm_log_set_level(DBM_LOG_DEBUG);
     d->foreground = opts.foreground;
     int ready = -1, ret = 1;
-    if (!opts.foreground && (ready = daemonize()) < 0)
-        goto out_daemon;
+    if (!opts.foreground) {
+        if ((ready = daemonize()) < 0)
+            goto out_daemon;
+        dbm_daemon_record_pid(d);
+    }
     /* SIGHUP goes to the reload thread only: block it before any thread starts */
     sigset_t set;
     sigemptyset(&set);
@@ -232,7 +235,8 @@ int main(int argc, char *argv[])
     }
     fuse_session_unmount(se);
     dbm_notice("unmounted %s; exiting", mountpoint);
-    ret = ret == 0 ? 0 : 1;
+    /* libfuse reports the signal that ended the loop; a requested shutdown is a clean exit */
+    ret = (ret == 0 || ret == SIGTERM || ret == SIGINT) ? 0 : 1;
 out_signals:
     fuse_remove_signal_handlers(se);
 out_session:

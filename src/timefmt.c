@@ -131,6 +131,9 @@ int dbm_ts_parse(const char *s, uint64_t *ns, const char **why)
     long long t = (long long)timegm(&tm) - offset;
     if (t < 0)
         FAIL("instant before 1970");
+    /* nanoseconds in a uint64 end at 2554-07-21T23:34:33.709551615Z */
+    if ((uint64_t)t > (UINT64_MAX - frac) / DBM_NS_PER_SEC)
+        FAIL("instant after 2554-07-21T23:34:33.709551615Z");
     *ns = (uint64_t)t * DBM_NS_PER_SEC + frac;
     return 0;
 }
