@@ -926,9 +926,17 @@ static int tl_pages_cover(struct dbm_timeline *t, uint64_t lo_excl, uint64_t hi_
     return 1;
 }
 
+static int zeros(const struct dbm_timeline *t, void *buf)
+{
+    memset(buf, 0, t->page_size);
+    return 1;
+}
+
 static int img_read(const struct dbm_timeline *t, const struct tl_image *im, uint32_t pgno, void *buf)
 {
     struct img_ent e;
+    if (pgno > im->db_pages)
+        return zeros(t, buf);
     off_t eo = (off_t)(sizeof(struct img_hdr) + (uint64_t)(pgno - 1) * sizeof e);
     off_t po = (off_t)(im->data_off + (uint64_t)(pgno - 1) * t->page_size);
     ssize_t r = dbm_pread_all(im->fd, &e, sizeof e, eo);
@@ -949,12 +957,6 @@ static int img_read(const struct dbm_timeline *t, const struct tl_image *im, uin
     }
     dbm_err("pagestore: %s: bad page table entry at offset %lld", im->path, (long long)eo);
     return -EIO;
-}
-
-static int zeros(const struct dbm_timeline *t, void *buf)
-{
-    memset(buf, 0, t->page_size);
-    return 1;
 }
 
 /* Reads pgno at txid from this timeline's own history. Returns 0/1 like
