@@ -96,17 +96,11 @@ static void expect_list(struct dbm_catalog *c, const char *env, uint64_t at_ns, 
 
 #define LIST(c, env, at, want) expect_list(c, env, at, want, __LINE__)
 
-static void test_create_and_reopen(void)
-{
-    char path[160];
-    path_in(path, sizeof path, DBM_CATALOG_FILE);
-    struct dbm_catalog *c = NULL;
-    CHECK_EQ_INT(dbm_catalog_open(path, &c), 0);
-    if (!c)
-        return;
-    CHECK_EQ_INT(dbm_catalog_version(c), DBM_CATALOG_VERSION);
+/* Ids of the databases test_databases adds, for the later checks. */
+static int64_t a1, a2, b, cc, x;
 
-    /* environments */
+static void test_envs(struct dbm_catalog *c)
+{
     struct dbm_cat_env env;
     CHECK_EQ_INT(dbm_catalog_env_get(c, "prod", &env), -ENOENT);
     CHECK_EQ_INT(dbm_catalog_env_ensure(c, "prod", "production", 1000), 0);
@@ -123,12 +117,14 @@ static void test_create_and_reopen(void)
     CHECK_EQ_INT(dbm_catalog_env_get(c, "uat", &env), 0);
     CHECK(env.created_ns == 1500);
     CHECK_EQ_INT(dbm_catalog_env_get(c, "Prod", &env), -ENOENT);
+}
 
+static void test_databases(struct dbm_catalog *c)
+{
     /* databases over time:
      *   a  tl 1: 100 .. 200      b  tl 3: 150 ..
      *   a  tl 2: 300 ..          c  tl 4: 250 .. 260
      *   uat/x tl 5: 50 ..                                 */
-    int64_t a1 = 0, a2 = 0, b = 0, cc = 0, x = 0;
     CHECK_EQ_INT(dbm_catalog_db_add(c, "prod", "a", 1, 100, &a1), 0);
     CHECK(a1 > 0);
     CHECK_EQ_INT(dbm_catalog_db_add(c, "prod", "b", 3, 150, &b), 0);
@@ -168,6 +164,11 @@ static void test_create_and_reopen(void)
     LIST(c, "uat", 0, "a:6 x:5");
     LIST(c, "uat", 100, "x:5");
     LIST(c, "dev", 0, "");
+}
+
+static void test_lookups(struct dbm_catalog *c)
+{
+    struct dbm_cat_db d;
 
     /* the fields of a listed dropped database */
     struct listing l = { 0 };
@@ -187,6 +188,21 @@ static void test_create_and_reopen(void)
     CHECK_EQ_INT(dbm_catalog_db_by_timeline(c, 5, &d), 0);
     CHECK(d.id == x && strcmp(d.name, "x") == 0);
     CHECK_EQ_INT(dbm_catalog_db_by_timeline(c, 77, &d), -ENOENT);
+
+}
+
+static void test_create_and_reopen(void)
+{
+    char path[160];
+    path_in(path, sizeof path, DBM_CATALOG_FILE);
+    struct dbm_catalog *c = NULL;
+    CHECK_EQ_INT(dbm_catalog_open(path, &c), 0);
+    if (!c)
+        return;
+    CHECK_EQ_INT(dbm_catalog_version(c), DBM_CATALOG_VERSION);
+    test_envs(c);
+    test_databases(c);
+    test_lookups(c);
 
     /* audit */
     CHECK_EQ_INT(dbm_catalog_audit(c, 1000, 1001, 4242, "prod", "refresh uat from prod", "accepted"), 0);
@@ -208,6 +224,7 @@ static void test_create_and_reopen(void)
     if (!c)
         return;
     CHECK_EQ_INT(dbm_catalog_version(c), DBM_CATALOG_VERSION);
+    struct dbm_cat_env env;
     CHECK_EQ_INT(dbm_catalog_env_get(c, "prod", &env), 0);
     CHECK(env.created_ns == 1000);
     LIST(c, "prod", 0, "a:2 b:3");

@@ -221,9 +221,12 @@ static void test_every_key(void)
         CHECK(e->post_refresh_script == NULL);
     }
     dbm_config_free(c);
+}
 
+static void test_limits(void)
+{
     /* longest name; 64 environments */
-    c = OK("[env abcdefghijklmnopqrstuvwxyz012345]\ntype = devtest\n");
+    struct dbm_config *c = OK("[env abcdefghijklmnopqrstuvwxyz012345]\ntype = devtest\n");
     if (c) {
         CHECK(dbm_config_env(c, "abcdefghijklmnopqrstuvwxyz012345") != NULL);
         dbm_config_free(c);
@@ -482,6 +485,7 @@ int main(void)
     test_default_text();
     test_retention_defaults();
     test_every_key();
+    test_limits();
     test_bad_structure();
     test_bad_values();
     test_load();
