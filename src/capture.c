@@ -278,7 +278,11 @@ static int rb_commit(struct base *b)
         dbm_err("%s/%s: page 1 is not a SQLite header at commit: refusing to record garbage", b->l->env, b->name);
         return -EIO;
     }
+    /* The committed size is the in-header one when valid: a VACUUM that
+     * shrinks the file truncates it only after the journal is gone. */
     uint32_t ps = h.page_size, db_pages = (uint32_t)(fsz / ps);
+    if (h.version_valid == h.change_counter && h.db_pages)
+        db_pages = h.db_pages;
     qsort(b->dirty, b->ndirty, sizeof *b->dirty, u32_cmp);
     size_t n = 0;
     while (n < b->ndirty && b->dirty[n] <= db_pages)
@@ -525,7 +529,7 @@ int dbm_cap_wal_written(struct base *b, off_t off, size_t size)
 
 /* Journal records: after each header (one sector), nrec records of
  * (pgno, page, checksum); further headers start at sector boundaries. */
-static int journal_pages_match(struct base *b, int *match)
+static int journal_pages_match(struct base *b, uint64_t txid, int *match)
 {
     int jfd = b->journal->fd;
     struct stat st;
@@ -564,7 +568,7 @@ static int journal_pages_match(struct base *b, int *match)
             }
             if ((size_t)r < b->page_size)
                 memset(page + r, 0, b->page_size - (size_t)r);
-            if ((rc = dbm_tl_read_page(b->tl, b->tl ? UINT64_MAX : 0, pgno, cur)) < 0)
+            if ((rc = dbm_tl_read_page(b->tl, txid, pgno, cur)) < 0)
                 goto out;
             *match = memcmp(page, cur, b->page_size) == 0;
         }
@@ -596,7 +600,7 @@ static int journal_recover(struct base *b)
     struct dbm_tl_stat ts;
     int match = 0, rc = dbm_tl_stat(b->tl, &ts);
     if (rc == 0 && ts.last_txid)
-        rc = journal_pages_match(b, &match);
+        rc = journal_pages_match(b, ts.last_txid, &match);
     else
         match = 0;
     if (rc < 0)
@@ -695,7 +699,8 @@ int dbm_cap_recover(struct base *b)
         return journal_recover(b);
     if (b->wal_mode || fsz < 100)
         return 0;
-    if (!b->tl || h.change_counter != b->last_counter || b->db_pages != fsz / h.page_size)
+    uint32_t pages = h.version_valid == h.change_counter && h.db_pages ? h.db_pages : (uint32_t)(fsz / h.page_size);
+    if (!b->tl || h.change_counter != b->last_counter || b->db_pages != pages)
         return resync(b, fsz, h.page_size);
     return 0;
 }

@@ -2,6 +2,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -229,7 +230,10 @@ int main(int argc, char *argv[])
         struct fuse_loop_config *lc = fuse_loop_cfg_create();
         fuse_loop_cfg_set_clone_fd(lc, opts.clone_fd);
         fuse_loop_cfg_set_idle_threads(lc, opts.max_idle_threads);
-        fuse_loop_cfg_set_max_threads(lc, opts.max_threads > 16 ? opts.max_threads : 16);
+        /* -o max_threads=N wins; unset, libfuse's default of 10 is raised to 16 so
+         * a blocked lock waiter never starves the loop */
+        unsigned mt = opts.max_threads;
+        fuse_loop_cfg_set_max_threads(lc, mt == 0 || mt == UINT_MAX ? 16 : mt);
         ret = fuse_session_loop_mt(se, lc);
         fuse_loop_cfg_destroy(lc);
     }

@@ -638,7 +638,8 @@ static int tl_list(struct dbm_timeline *t, struct tl_files *f)
         }
     }
     closedir(d);
-    qsort(f->logs, f->nlog, sizeof *f->logs, u64_cmp);
+    if (f->nlog)
+        qsort(f->logs, f->nlog, sizeof *f->logs, u64_cmp);
     return rc;
 }
 
@@ -1397,12 +1398,16 @@ static int gc_unpublish(struct dbm_timeline *t, uint64_t keep, struct gc_drop *d
         pthread_rwlock_unlock(&t->rw);
         return -ENOMEM;
     }
-    memcpy(d->segs, t->segs, ns * sizeof *d->segs);
-    memcpy(d->imgs, t->imgs, ni * sizeof *d->imgs);
-    for (size_t i = 0; i < ns; i++)
+    for (size_t i = 0; i < ns; i++) {
+        d->segs[i] = t->segs[i];
         t->commits -= t->segs[i]->last_txid + 1 - t->segs[i]->first_txid;
-    memmove(t->segs, t->segs + ns, (t->nseg - ns) * sizeof *t->segs);
-    memmove(t->imgs, t->imgs + ni, (t->nimg - ni) * sizeof *t->imgs);
+    }
+    for (size_t i = 0; i < ni; i++)
+        d->imgs[i] = t->imgs[i];
+    for (size_t i = ns; i < t->nseg; i++)
+        t->segs[i - ns] = t->segs[i];
+    for (size_t i = ni; i < t->nimg; i++)
+        t->imgs[i - ni] = t->imgs[i];
     t->nseg -= ns;
     t->nimg -= ni;
     d->nseg = ns;

@@ -158,3 +158,18 @@ def new_mount(tmpbase):
         m.stop()
     for m in made:
         m.check_log()
+
+
+HISTORY = os.environ.get("DBM_HISTORY_BIN", os.path.join(ROOT, "build", "tools", "dbm-history"))
+
+
+def history_image(state, env, name, out, at=None, check=True):
+    """Writes the recorded image of a database (daemon stopped)."""
+    args = [HISTORY, state, "image", env, name, out] + ([str(at)] if at is not None else [])
+    return run(*args, check=check)
+
+
+def db_info(m, env, name):
+    """The db.<name>.* fields of <env>/info."""
+    prefix = f"db.{name}."
+    return {k[len(prefix):]: v for k, v in kv(open(m.p(env, "info")).read()).items() if k.startswith(prefix)}

@@ -1,0 +1,305 @@
+"""Live SQLite databases through the mount, every commit recorded (issue: backup engine)."""
+import filecmp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import Mount, db_info, history_image, kv, run, wait_for
+
+PY = "/usr/bin/python3"
+
+
+def sql(db, script, check=True, timeout=120):
+    return run("sqlite3", "-bail", db, script, check=check, timeout=timeout)
+
+
+def same_as_history(m, env, name, tmpbase):
+    """With the daemon stopped: the recorded image equals the live file, byte for byte."""
+    img = os.path.join(tmpbase, name + ".img")
+    history_image(m.state, env, name, img)
+    live = os.path.join(m.state, "envs", env, "db", name)
+    assert filecmp.cmp(img, live, shallow=False), f"history of {name} differs from the live file"
+
+
+@pytest.mark.parametrize("mode", ["delete", "truncate", "persist", "wal"])
+@pytest.mark.parametrize("sync", ["full", "normal", "off"])
+def test_journal_modes_record_every_commit(new_mount, tmpbase, mode, sync):
+    m = new_mount()
+    db = m.p("prod", "db", "app.db")
+    stmts = "".join(f"INSERT INTO t VALUES ({i}, randomblob({100 + i * 37 % 3000}));\n" for i in range(40))
+    out = sql(db, f"PRAGMA journal_mode={mode}; PRAGMA synchronous={sync};\n"
+                  "CREATE TABLE t(a INTEGER PRIMARY KEY, b);\n" + stmts +
+                  "UPDATE t SET b = randomblob(5000) WHERE a % 7 = 0;\nDELETE FROM t WHERE a % 5 = 0;\n"
+                  "PRAGMA integrity_check;\nSELECT count(*) FROM t;").stdout.split()
+    assert out[-2:] == ["ok", "32"]
+    info = db_info(m, "prod", "app.db")
+    assert int(info["commits"]) >= 43
+    assert info["journal_mode"] == mode
+    assert info["refused_writes"] == "0"
+    m.stop()
+    same_as_history(m, "prod", "app.db", tmpbase)
+
+
+def test_python_writers_and_readers_in_parallel(new_mount, tmpbase):
+    m = new_mount()
+    for mode in ("wal", "delete"):
+        db = m.p("prod", "db", f"{mode}.db")
+        sql(db, f"PRAGMA journal_mode={mode}; CREATE TABLE t(w, i, pad);")
+        writer = textwrap.dedent(f"""
+            import sqlite3, sys
+            c = sqlite3.connect({db!r}, timeout=30, isolation_level=None)
+            w = int(sys.argv[1])
+            for i in range(60):
+                c.execute("BEGIN IMMEDIATE")
+                c.execute("INSERT INTO t VALUES (?, ?, randomblob(200))", (w, i))
+                c.execute("COMMIT")
+            """)
+        reader = textwrap.dedent(f"""
+            import sqlite3, time
+            c = sqlite3.connect({db!r}, timeout=30)
+            end = time.time() + 2
+            last = 0
+            while time.time() < end:
+                n = c.execute("SELECT count(*) FROM t").fetchone()[0]
+                assert n >= last, (n, last)
+                last = n
+            """)
+        procs = [subprocess.Popen([PY, "-c", writer, str(w)]) for w in range(4)]
+        procs.append(subprocess.Popen([PY, "-c", reader]))
+        for p in procs:
+            assert p.wait(timeout=120) == 0
+        out = sql(db, "PRAGMA integrity_check; SELECT count(*), count(DISTINCT w || '.' || i) FROM t;").stdout
+        assert out.split() == ["ok", "240|240"]
+        assert int(db_info(m, "prod", f"{mode}.db")["commits"]) >= 241
+    m.stop()
+    same_as_history(m, "prod", "wal.db", tmpbase)
+    same_as_history(m, "prod", "delete.db", tmpbase)
+
+
+@pytest.mark.parametrize("mode", ["delete", "wal"])
+def test_rolled_back_transactions_are_never_recorded(new_mount, tmpbase, mode):
+    m = new_mount()
+    db = m.p("prod", "db", "r.db")
+    sql(db, f"PRAGMA journal_mode={mode}; CREATE TABLE t(a, b); INSERT INTO t VALUES (1, 'kept');")
+    before = int(db_info(m, "prod", "r.db")["commits"])
+    # a transaction larger than the cache spills pages to the file before ROLLBACK
+    sql(db, "PRAGMA cache_size=5; BEGIN; INSERT INTO t SELECT value, randomblob(2000) FROM generate_series(1, 2000);"
+            " UPDATE t SET b = 'changed' WHERE a = 1; ROLLBACK;")
+    assert int(db_info(m, "prod", "r.db")["commits"]) == before
+    assert sql(db, "SELECT b FROM t; PRAGMA integrity_check;").stdout.split() == ["kept", "ok"]
+    m.stop()
+    same_as_history(m, "prod", "r.db", tmpbase)
+
+
+@pytest.mark.parametrize("mode", ["memory", "off"])
+def test_unrecordable_journal_modes_are_refused(mount, mode):
+    mount.expect_error(r"journal_mode MEMORY or OFF")
+    db = mount.p("prod", "db", f"{mode}.db")
+    sql(db, "CREATE TABLE t(a); INSERT INTO t VALUES (1);")
+    p = sql(db, f"PRAGMA journal_mode={mode}; INSERT INTO t VALUES (2);", check=False)
+    assert p.returncode != 0 and "disk I/O error" in p.stderr
+    assert "journal_mode MEMORY or OFF" in mount.read_log()
+    assert "supported: journal_mode DELETE, TRUNCATE, PERSIST or WAL" in mount.read_log()
+    assert int(db_info(mount, "prod", f"{mode}.db")["refused_writes"]) >= 1
+    # the database is unchanged and still usable in a supported mode
+    assert sql(db, "PRAGMA integrity_check; SELECT count(*) FROM t;").stdout.split() == ["ok", "1"]
+
+
+def test_names_sqlite_does_not_make_are_refused(mount):
+    d = mount.p("prod", "db")
+    p = run("sh", "-c", f"echo x > {d}/notes.txt", check=False)
+    assert p.returncode != 0 and "Operation not permitted" in p.stderr
+    assert "accepted names are NAME.db" in mount.read_log()
+    for bad in ("x.db.bak", ".hidden.db", "a" * 70 + ".db", "x.db-journalx"):
+        with pytest.raises(PermissionError):
+            open(os.path.join(d, bad), "w")
+    with pytest.raises(PermissionError):
+        os.mkdir(os.path.join(d, "sub"))
+    sql(os.path.join(d, "a.db"), "CREATE TABLE t(a);")
+    p = run("mv", os.path.join(d, "a.db"), os.path.join(d, "b.db"), check=False)
+    assert p.returncode != 0
+    assert sorted(os.listdir(d)) == ["a.db"]
+
+
+def test_rm_of_a_database_keeps_its_history(mount, tmpbase):
+    db = mount.p("uat", "db", "gone.db")
+    sql(db, "CREATE TABLE t(a); INSERT INTO t VALUES (1);")
+    assert kv(open(mount.p("uat", "info")).read())["databases"] == "1"
+    run("rm", db)
+    assert os.listdir(mount.p("uat", "db")) == []
+    assert kv(open(mount.p("uat", "info")).read())["databases"] == "0"
+    rows = sql(os.path.join(mount.state, "catalog.db"),
+               "SELECT name, deleted_ns IS NOT NULL, timeline FROM databases WHERE env='uat'").stdout.split()
+    assert len(rows) == 1 and rows[0].startswith("gone.db|1|")
+    timeline = int(rows[0].split("|")[2])
+    assert os.path.isdir(os.path.join(mount.state, "store", f"{timeline:016x}")) or \
+        any(str(timeline) in n for n in os.listdir(os.path.join(mount.state, "store")))
+    # a new database of the same name starts a new history
+    sql(db, "CREATE TABLE u(b);")
+    rows = sql(os.path.join(mount.state, "catalog.db"),
+               "SELECT count(*), count(DISTINCT timeline) FROM databases WHERE env='uat'").stdout.strip()
+    assert rows == "2|2"
+
+
+def test_locks_are_held_by_the_daemon(mount):
+    db = mount.p("prod", "db", "l.db")
+    sql(db, "CREATE TABLE t(a);")
+    holder = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
+        import sqlite3, sys
+        c = sqlite3.connect({db!r}, isolation_level=None)
+        c.execute("BEGIN IMMEDIATE"); c.execute("INSERT INTO t VALUES (1)")
+        print("held", flush=True); sys.stdin.readline()
+        c.execute("COMMIT")
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert db_info(mount, "prod", "l.db")["writer"] == "active"
+    p = run("sqlite3", "-cmd", ".timeout 100", db, "INSERT INTO t VALUES (2);", check=False)
+    assert p.returncode != 0 and "database is locked" in p.stderr
+    waiter = subprocess.Popen(["sqlite3", "-cmd", ".timeout 20000", db, "INSERT INTO t VALUES (3);"])
+    time.sleep(0.3)
+    holder.stdin.write("\n")
+    holder.stdin.flush()
+    assert holder.wait(timeout=30) == 0 and waiter.wait(timeout=30) == 0
+    assert sql(db, "SELECT group_concat(a) FROM t ORDER BY a;").stdout.strip() in ("1,3", "3,1")
+    assert db_info(mount, "prod", "l.db")["writer"] == "idle"
+
+
+WRITER = """
+import os, sqlite3, sys
+db, log, mode = sys.argv[1:4]
+c = sqlite3.connect(db, timeout=10, isolation_level=None)
+c.execute(f"PRAGMA journal_mode={mode}")
+c.execute("PRAGMA synchronous=FULL")
+c.execute("CREATE TABLE IF NOT EXISTS t(i INTEGER PRIMARY KEY, pad)")
+with open(log, "a") as f:
+    i = 0
+    while True:
+        i += 1
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("INSERT INTO t VALUES (?, randomblob(?))", (i, 100 + (i * 997) % 6000))
+            c.execute("COMMIT")
+        except Exception:
+            sys.exit(0)
+        f.write(f"{i}\\n"); f.flush(); os.fsync(f.fileno())
+"""
+
+
+def crash_round(m, tmpbase, mode, name):
+    db = m.p("prod", "db", name)
+    log = os.path.join(tmpbase, name + ".committed")
+    w = subprocess.Popen([PY, "-c", WRITER, db, log, mode], stderr=subprocess.DEVNULL)
+    wait_for(lambda: os.path.exists(log) and os.path.getsize(log) > 200, timeout=30, what="writer progress")
+    time.sleep(0.2)
+    m.crash()
+    w.wait(timeout=30)
+    committed = [int(x) for x in open(log).read().split()]
+    m.start()
+    rows = set(int(x) for x in sql(db, "SELECT i FROM t;").stdout.split())
+    assert set(committed) <= rows, f"lost commits: {sorted(set(committed) - rows)[:10]}"
+    assert sql(db, "PRAGMA integrity_check;").stdout.strip() == "ok"
+    return committed
+
+
+@pytest.mark.parametrize("mode", ["delete", "truncate", "persist", "wal"])
+def test_kill_9_loses_no_commit(new_mount, tmpbase, mode):
+    m = new_mount()
+    m.expect_error(r".")  # the writer's requests fail when the daemon dies
+    committed = crash_round(m, tmpbase, mode, "c.db")
+    assert len(committed) > 5
+    info = db_info(m, "prod", "c.db")
+    assert int(info["commits"]) >= len(committed)
+    m.stop()
+    same_as_history(m, "prod", "c.db", tmpbase)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["delete", "wal"])
+def test_kill_9_loop(new_mount, tmpbase, mode):
+    m = new_mount()
+    m.expect_error(r".")
+    for _ in range(15):
+        crash_round(m, tmpbase, mode, "loop.db")
+    m.stop()
+    same_as_history(m, "prod", "loop.db", tmpbase)
+
+
+def test_corrupt_history_reads_as_eio(new_mount, tmpbase):
+    m = new_mount()
+    db = m.p("prod", "db", "x.db")
+    sql(db, "CREATE TABLE t(a); INSERT INTO t SELECT randomblob(1000) FROM generate_series(1, 50);")
+    m.stop()
+    store = os.path.join(m.state, "store")
+    tl = os.path.join(store, sorted(os.listdir(store))[0])
+    seg = sorted(f for f in os.listdir(tl) if f.startswith("log."))[0]
+    path = os.path.join(tl, seg)
+    data = bytearray(open(path, "rb").read(8192))
+    # flip a byte inside the first page image (after the segment and record headers)
+    with open(path, "r+b") as f:
+        f.seek(4096)
+        b = f.read(1)
+        f.seek(4096)
+        f.write(bytes([b[0] ^ 0x5A]))
+    assert data  # read before the change
+    # the first transaction's page 1 is the corrupted one: reading it is an I/O error, never wrong data
+    p = history_image(m.state, "prod", "x.db", os.path.join(tmpbase, "x.img"), at=1, check=False)
+    assert p.returncode != 0
+    assert "Input/output error" in p.stderr
+    assert "checksum" in p.stderr
+    assert not os.path.exists(os.path.join(tmpbase, "x.img"))
+    # later transactions (which rewrote that page) still read, and equal the live file
+    same_as_history(m, "prod", "x.db", tmpbase)
+
+
+def test_full_disk_refuses_commits_and_recovers(tmpbase):
+    state_fs = os.path.join(tmpbase, "fs")
+    os.mkdir(state_fs)
+    run("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", state_fs)
+    try:
+        os.makedirs(os.path.join(tmpbase, "mnt"), exist_ok=True)
+        m = Mount.__new__(Mount)
+        Mount.__init__(m, tmpbase)
+        # move the state onto the small filesystem
+        run("cp", "-a", m.state, state_fs)
+        m.state = os.path.join(state_fs, "state")
+        conf_path = os.path.join(m.state, "dbmovefs.conf")
+        conf = open(conf_path).read()
+        assert "log_level = info\n" in conf
+        open(conf_path, "w").write(conf.replace("log_level = info\n", "log_level = info\nsegment_size = 1M\n", 1))
+        m.expect_error(r"cannot record a commit|No space left|disk|space")
+        m.start()
+        try:
+            db = m.p("prod", "db", "f.db")
+            p = sql(db, "CREATE TABLE t(i INTEGER PRIMARY KEY, b);", check=False)
+            assert p.returncode == 0, m.read_log()
+            filler = os.path.join(state_fs, "filler")
+            run("sh", "-c", f"dd if=/dev/zero of={filler} bs=1M count=100 2>/dev/null || true")
+            run("rm", "-f", filler)
+            run("sh", "-c", f"dd if=/dev/zero of={filler} bs=1M count=14 2>/dev/null")
+            ok = 0
+            failed = None
+            for i in range(1, 400):
+                p = sql(db, f"INSERT INTO t VALUES ({i}, randomblob(200000));", check=False)
+                if p.returncode != 0:
+                    failed = p.stderr
+                    break
+                ok = i
+            assert failed is not None, "the disk never filled"
+            assert "full" in failed or "I/O" in failed, failed
+            # the daemon is alive and everything committed is there
+            assert "prod" in os.listdir(m.mnt)
+            assert sql(db, "PRAGMA integrity_check; SELECT count(*) FROM t;").stdout.split() == ["ok", str(ok)]
+            os.unlink(filler)
+            sql(db, f"INSERT INTO t VALUES ({ok + 1}, randomblob(1000));")
+            assert sql(db, "SELECT count(*) FROM t;").stdout.strip() == str(ok + 1)
+        finally:
+            m.stop()
+        same_as_history(m, "prod", "f.db", tmpbase)
+        m.check_log()
+    finally:
+        run("umount", state_fs, check=False)
