@@ -1,0 +1,46 @@
+/* bacpac.h - export.bacpac: a zstd stream of a tar archive holding
+ * manifest.json then db/<name> for each database image, produced from
+ * dbimage sources. Deterministic: the same images give the same bytes (fixed
+ * tar header fields, mtime = the image's commit time in seconds, sorted
+ * names, fixed zstd parameters independent of the machine).
+ *
+ * manifest.json (one line of JSON, keys in this order):
+ *   {"format":"dbmovefs-bacpac","format_version":1,"environment":ENV,
+ *    "environment_type":TYPE,"instant":RFC3339,"instant_ns":N,
+ *    "databases":[{"name":NAME,"page_size":N,"size":N,"pages":N,"txid":N,
+ *      "commit_time":RFC3339,"commit_ns":N,"timeline":N,"sha256":HEX,
+ *      "tables":{NAME:ROWS,...}}, ...]}
+ */
+#ifndef DBM_BACPAC_H
+#define DBM_BACPAC_H
+#include <stddef.h>
+#include <stdint.h>
+
+struct dbm_dbimage;
+
+struct dbm_bacpac_params {
+    const char *env;
+    const char *env_type;
+    uint64_t instant_ns;                 /* the instant the export stands for */
+    const struct dbm_dbimage *dbs;       /* sorted by name */
+    size_t ndbs;
+    int level;                           /* zstd level (0: 3) */
+};
+
+/* Output: called with consecutive compressed bytes; a negative return
+ * aborts the export with that value. */
+typedef int (*dbm_bacpac_sink)(void *arg, const void *buf, size_t len);
+
+/* Produces the export. First pass: SHA-256 and row counts of each image
+ * (for the manifest); second pass: the tar stream through zstd into sink.
+ * On success fills sha256 (32 bytes of the compressed stream) and *size.
+ * -EIO if a page fails its checksum; -ECANCELED if cancel (may be NULL)
+ * returns non-zero between blocks. */
+int dbm_bacpac_produce(const struct dbm_bacpac_params *p, dbm_bacpac_sink sink, void *arg,
+                       int (*cancel)(void *arg), uint8_t sha256[32], uint64_t *size);
+
+/* An upper bound of the export's size, computable without reading any page
+ * (ZSTD_compressBound of the exact tar size plus framing). */
+uint64_t dbm_bacpac_size_bound(const struct dbm_bacpac_params *p);
+
+#endif
