@@ -741,8 +741,13 @@ static int tl_load(struct dbm_store *s, const struct tl_entry *e, struct dbm_tim
     char name[32];
     if (!t)
         return -ENOMEM;
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    /* appends must not starve behind a stream of readers */
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
     pthread_mutex_init(&t->append_lock, NULL);
-    pthread_rwlock_init(&t->rw, NULL);
+    pthread_rwlock_init(&t->rw, &ra);
+    pthread_rwlockattr_destroy(&ra);
     t->s = s;
     t->dirfd = -1;
     snprintf(name, sizeof name, "%016" PRIx64, e->id);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -876,13 +877,22 @@ int main(void)
         return EXIT_FAILURE;
     }
     dbm_log_setup(0, getenv("PS_VERBOSE") ? DBM_LOG_DEBUG : DBM_LOG_ERR);
-    test_history();
-    test_branch();
-    test_gc();
-    test_torn();
-    test_corruption();
-    test_faults();
-    test_concurrent();
+    static const struct {
+        const char *name;
+        void (*fn)(void);
+    } tests[] = {
+        { "history", test_history }, { "branch", test_branch },       { "gc", test_gc },
+        { "torn", test_torn },       { "corruption", test_corruption }, { "faults", test_faults },
+        { "concurrent", test_concurrent },
+    };
+    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        tests[i].fn();
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        fprintf(stderr, "test %s: %.2f s\n", tests[i].name,
+                (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9);
+    }
     rm_rf(root);
     return CHECK_DONE();
 }
