@@ -512,6 +512,18 @@ int dbm_snapview_table_counts(const struct dbm_dbimage *img, struct dbm_table_co
 
 /* ---- integrity ---- */
 
+/* The first message of integrity_check's report, which SQLite gives as one
+ * row "*** in database main ***\nmsg1\nmsg2...": *len bytes from the result. */
+static const char *first_message(const char *report, int *len)
+{
+    const char *s = report;
+    if (strncmp(s, "*** in database ", 16) == 0 && strchr(s, '\n'))
+        s = strchr(s, '\n') + 1;
+    const char *nl = strchr(s, '\n');
+    *len = (int)(nl ? (size_t)(nl - s) : strlen(s));
+    return s;
+}
+
 int dbm_snapview_integrity(const struct dbm_dbimage *img, char *msg, size_t msgsz)
 {
     struct snap_ctx ctx;
@@ -533,9 +545,11 @@ int dbm_snapview_integrity(const struct dbm_dbimage *img, char *msg, size_t msgs
     if (rc != SQLITE_OK || ctx.read_err) {
         err = view_error(&ctx, db, rc, "integrity check");
     } else if (strcmp(first, "ok") != 0) {
-        dbm_err("snapview: %s (txid %" PRIu64 "): integrity check: %s", img->name, img->txid, first);
+        int len;
+        first = first_message(first, &len);
+        dbm_err("snapview: %s (txid %" PRIu64 "): integrity check: %.*s", img->name, img->txid, len, first);
         if (msg && msgsz)
-            snprintf(msg, msgsz, "%s", first);
+            snprintf(msg, msgsz, "%.*s", len, first);
         err = -EINVAL;
     }
     sqlite3_finalize(st);
