@@ -309,6 +309,13 @@ int dbm_catalog_db_list(struct dbm_catalog *c, const char *env, uint64_t at_ns,
                       env, NULL, (int64_t)at_ns, cb, arg, NULL);
 }
 
+int dbm_catalog_db_list_since(struct dbm_catalog *c, const char *env, uint64_t since_ns,
+                              int (*cb)(const struct dbm_cat_db *db, void *arg), void *arg)
+{
+    return select_dbs(c, DB_COLS "WHERE env = ?1 AND (deleted_ns IS NULL OR deleted_ns >= ?3) ORDER BY name, created_ns DESC",
+                      env, NULL, (int64_t)since_ns, cb, arg, NULL);
+}
+
 int dbm_catalog_db_by_timeline(struct dbm_catalog *c, uint64_t t, struct dbm_cat_db *out)
 {
     return select_dbs(c, DB_COLS "WHERE timeline = ?3", NULL, NULL, (int64_t)t, NULL, NULL, out);

@@ -51,6 +51,10 @@ int dbm_catalog_db_live(struct dbm_catalog *c, const char *env, const char *name
  * returns cb's value if it returns non-zero. Sorted by name. */
 int dbm_catalog_db_list(struct dbm_catalog *c, const char *env, uint64_t at_ns,
                         int (*cb)(const struct dbm_cat_db *db, void *arg), void *arg);
+/* Calls cb for each database of env live at or after since_ns (not deleted
+ * before it), newest first per name. */
+int dbm_catalog_db_list_since(struct dbm_catalog *c, const char *env, uint64_t since_ns,
+                              int (*cb)(const struct dbm_cat_db *db, void *arg), void *arg);
 /* Every database record (live or dropped) whose timeline is t: 0/-ENOENT. */
 int dbm_catalog_db_by_timeline(struct dbm_catalog *c, uint64_t t, struct dbm_cat_db *out);
 

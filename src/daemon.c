@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "catalog.h"
+#include "exports.h"
 #include "livedb.h"
 #include "log.h"
 #include "pagestore.h"
@@ -222,6 +223,11 @@ int dbm_daemon_open(const char *state_dir, struct dbm_daemon **out, char *err, s
         snprintf(err, errsz, "%s: cannot open the page store: %s", path, strerror(-rc));
         goto fail;
     }
+    path_join(path, sizeof path, d->state_dir, "cache");
+    if ((rc = dbm_exports_open(path, d->cfg->export_cache_bytes, &d->exports)) < 0) {
+        snprintf(err, errsz, "%s: cannot open the export cache: %s", path, strerror(-rc));
+        goto fail;
+    }
     if ((rc = envs_apply(d, d->cfg, err, errsz)) < 0)
         goto fail;
     *out = d;
@@ -239,6 +245,7 @@ void dbm_daemon_close(struct dbm_daemon *d)
         dbm_livedb_close(d->envs[i]->live);
         free(d->envs[i]);
     }
+    dbm_exports_close(d->exports);
     dbm_store_close(d->store);
     dbm_catalog_close(d->cat);
     dbm_config_free(d->cfg);
@@ -273,6 +280,7 @@ int dbm_daemon_reload(struct dbm_daemon *d)
     }
     d->cfg = cfg;
     dbm_log_set_level((enum dbm_log_level)cfg->log_level);
+    dbm_exports_set_bound(d->exports, cfg->export_cache_bytes);
     pthread_rwlock_unlock(&d->cfg_lock);
     dbm_config_free(old);
     d->reloads++;

@@ -15,6 +15,7 @@
 struct dbm_catalog;
 struct dbm_store;
 struct dbm_livedb;
+struct dbm_exports;
 
 #define DBM_LOCK_FILE "lock"
 
@@ -38,6 +39,7 @@ struct dbm_daemon {
     struct dbm_config *cfg;
     struct dbm_catalog *cat;
     struct dbm_store *store;
+    struct dbm_exports *exports;      /* export.bacpac productions and cache */
     struct dbm_env *envs[DBM_MAX_ENVS * 4];
     int nenvs;
     uint64_t start_ns;

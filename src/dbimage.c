@@ -43,7 +43,7 @@ ssize_t dbm_dbimage_pread(const struct dbm_dbimage *img, void *buf, size_t size,
                 memcpy((char *)buf + done, (char *)scratch + in, n);
         }
         if (rc < 0)
-            return done ? (ssize_t)done : rc;
+            return rc; /* never a short count: a reader would take it for the end */
         done += n;
     }
     return (ssize_t)done;

@@ -30,7 +30,9 @@ struct dbm_dbimage {
  * page 1. 0 or -errno. */
 int dbm_dbimage_read_page(const struct dbm_dbimage *img, uint32_t pgno, void *buf);
 /* Reads size bytes at off (any alignment) into buf; short only past the end.
- * Returns bytes read or -errno. scratch: page_size bytes of caller memory. */
+ * Returns bytes read or -errno (a page that fails fails the whole read: a
+ * short count would pass for the end of the file). scratch: page_size bytes
+ * of caller memory. */
 ssize_t dbm_dbimage_pread(const struct dbm_dbimage *img, void *buf, size_t size, uint64_t off, void *scratch);
 
 #endif

@@ -22,41 +22,7 @@
 #include "textgen.h"
 #include "timefmt.h"
 
-enum kind {
-    K_TOP = 0,      /* ino 1..3 */
-    K_ENV = 1,      /* <env>/ */
-    K_ENV_INFO,     /* <env>/info */
-    K_ENV_STATUS,   /* <env>/status */
-    K_DBDIR,        /* <env>/db/ */
-    K_DBFILE,       /* <env>/db/<file> (id = livedb file id) */
-};
-
-#define INO_ROOT 1
-#define INO_README 2
-#define INO_STATUS 3
-#define KIND_SHIFT 56
-#define ENV_SHIFT 40
-#define ID_MASK ((1ULL << ENV_SHIFT) - 1)
-
-static fuse_ino_t mkino(enum kind k, int env, uint64_t id)
-{
-    return ((uint64_t)k << KIND_SHIFT) | ((uint64_t)env << ENV_SHIFT) | (id & ID_MASK);
-}
-static enum kind ino_kind(fuse_ino_t ino) { return (enum kind)(ino >> KIND_SHIFT); }
-static int ino_env(fuse_ino_t ino) { return (int)((ino >> ENV_SHIFT) & 0xffff); }
-static uint64_t ino_id(fuse_ino_t ino) { return ino & ID_MASK; }
-
-/* How long the kernel may cache: text files are regenerated on every open,
- * so their attributes are never cached; the tree's shape changes only on
- * reload; db files change only through this mount. */
-#define TTL_TEXT 0.0
-#define TTL_DIR 1.0
-#define TTL_DB 1.0
-
-struct textfh {
-    size_t len;
-    char data[];
-};
+#include "fsops_i.h"
 
 static struct dbm_daemon *D(fuse_req_t req) { return fuse_req_userdata(req); }
 
@@ -140,7 +106,7 @@ static int node_attr(struct dbm_daemon *d, fuse_ino_t ino, struct stat *st, size
         switch (ino_kind(ino)) {
         case K_ENV:
             st->st_mode = S_IFDIR | c->mode;
-            st->st_nlink = 3;
+            st->st_nlink = 4; /* ., .., db, snapshots */
             ns_to_ts(e->created_ns, &st->st_mtim);
             break;
         case K_DBDIR:
@@ -169,6 +135,10 @@ static int node_attr(struct dbm_daemon *d, fuse_ino_t ino, struct stat *st, size
 /* Attributes of a node, generating text content to know its size. */
 static int attr_of(struct dbm_daemon *d, fuse_ino_t ino, struct stat *st, double *ttl)
 {
+    if (dbm_snapfs_is(ino)) {
+        struct dbm_env *e = dbm_daemon_env_at(d, ino_env(ino));
+        return e ? dbm_snapfs_attr(d, e, ino, st, ttl) : -ENOENT;
+    }
     if (ino_kind(ino) == K_DBFILE) {
         struct dbm_env *e = dbm_daemon_env_at(d, ino_env(ino));
         if (!e)
@@ -193,7 +163,7 @@ static int attr_of(struct dbm_daemon *d, fuse_ino_t ino, struct stat *st, double
     return node_attr(d, ino, st, len);
 }
 
-static void reply_entry(fuse_req_t req, fuse_ino_t ino, const struct stat *st, double ttl)
+void dbm_fs_reply_entry(fuse_req_t req, fuse_ino_t ino, const struct stat *st, double ttl)
 {
     struct fuse_entry_param e;
     memset(&e, 0, sizeof e);
@@ -275,7 +245,11 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
                 ino = mkino(K_ENV_STATUS, e->index, 0);
             else if (strcmp(name, "db") == 0)
                 ino = mkino(K_DBDIR, e->index, 0);
+            else if (strcmp(name, "snapshots") == 0)
+                ino = mkino(K_SNAPDIR, e->index, 0);
             rc = ino ? attr_of(d, ino, &st, &ttl) : -ENOENT;
+        } else if (dbm_snapfs_is(parent)) {
+            rc = dbm_snapfs_lookup(d, e, parent, name, &ino, &st, &ttl);
         } else if (ino_kind(parent) == K_DBDIR) {
             uint64_t id;
             rc = dbm_livedb_lookup(e->live, name, &id, &st);
@@ -290,15 +264,21 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
     }
     pthread_rwlock_unlock(&d->cfg_lock);
     if (rc == 0)
-        reply_entry(req, ino, &st, ttl);
+        dbm_fs_reply_entry(req, ino, &st, ttl);
     else if (rc == -ENOENT && ino_kind(parent) == K_DBDIR)
         reply_negative(req, TTL_DB);
+    else if (rc == -ENOENT && dbm_snapfs_is(parent))
+        reply_negative(req, 0); /* time moves: an instant in the future becomes valid */
     else
         fuse_reply_err(req, -rc);
 }
 
 static void forget_one(struct dbm_daemon *d, fuse_ino_t ino, uint64_t n)
 {
+    if (ino_kind(ino) == K_SNAP) {
+        dbm_snapfs_forget(ino, n);
+        return;
+    }
     if (ino_kind(ino) != K_DBFILE)
         return;
     int idx = ino_env(ino);
@@ -360,7 +340,9 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
     int rc;
     (void)fi;
     pthread_rwlock_rdlock(&d->cfg_lock);
-    if (ino_kind(ino) != K_DBFILE) {
+    if (dbm_snapfs_is(ino)) {
+        rc = -EROFS;
+    } else if (ino_kind(ino) != K_DBFILE) {
         rc = -EPERM;
     } else if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
         rc = -EPERM; /* owner and mode come from the configuration */
@@ -399,6 +381,11 @@ static int dir_add(struct dirbuf *db, const char *name, fuse_ino_t ino, mode_t m
     fuse_add_direntry(db->req, db->buf + db->len, db->size - db->len, name, &st, db->next);
     db->len += need;
     return 0;
+}
+
+static int dir_add_cb(void *arg, const char *name, fuse_ino_t ino, mode_t mode)
+{
+    return dir_add(arg, name, ino, mode);
 }
 
 struct dbfile_iter {
@@ -457,8 +444,17 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
         fixed[nf] = "info", fino[nf] = mkino(K_ENV_INFO, e->index, 0), fmode[nf++] = S_IFREG;
         fixed[nf] = "status", fino[nf] = mkino(K_ENV_STATUS, e->index, 0), fmode[nf++] = S_IFREG;
         fixed[nf] = "db", fino[nf] = mkino(K_DBDIR, e->index, 0), fmode[nf++] = S_IFDIR;
-    } else if (ino_kind(ino) == K_DBDIR) {
+        fixed[nf] = "snapshots", fino[nf] = mkino(K_SNAPDIR, e->index, 0), fmode[nf++] = S_IFDIR;
+    } else if (ino_kind(ino) == K_DBDIR || ino_kind(ino) == K_SNAPDIR) {
         fino[1] = mkino(K_ENV, e->index, 0);
+    } else if (ino_kind(ino) == K_SNAP) {
+        fino[1] = mkino(K_SNAPDIR, e->index, 0);
+        fixed[nf] = "db", fino[nf] = mkino(K_SNAPDBDIR, e->index, ino_id(ino)), fmode[nf++] = S_IFDIR;
+        fixed[nf] = "export.bacpac", fino[nf] = mkino(K_SNAPEXP, e->index, ino_id(ino)), fmode[nf++] = S_IFREG;
+        fixed[nf] = "export.bacpac.sha256", fino[nf] = mkino(K_SNAPSHA, e->index, ino_id(ino)),
+        fmode[nf++] = S_IFREG;
+    } else if (ino_kind(ino) == K_SNAPDBDIR) {
+        fino[1] = mkino(K_SNAP, e->index, ino_id(ino));
     } else {
         rc = -ENOTDIR;
     }
@@ -480,6 +476,8 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
         } else if (ino_kind(ino) == K_DBDIR) {
             struct dbfile_iter it = { .db = &db, .env = e->index };
             rc = dbm_livedb_list(e->live, (size_t)done, dbfile_cb, &it);
+        } else if (ino_kind(ino) == K_SNAPDIR || ino_kind(ino) == K_SNAPDBDIR) {
+            rc = dbm_snapfs_list(d, e, ino, (size_t)done, dir_add_cb, &db);
         }
     }
     pthread_rwlock_unlock(&d->cfg_lock);
@@ -491,6 +489,16 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 }
 
 /* ---- files ---- */
+
+struct textfh *dbm_fs_textfh_new(const char *data, size_t len)
+{
+    struct textfh *t = malloc(sizeof *t + len);
+    if (t) {
+        t->len = len;
+        memcpy(t->data, data, len);
+    }
+    return t;
+}
 
 static void open_text(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -504,16 +512,13 @@ static void open_text(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     int rc = gen_text(d, ino, &b);
     pthread_rwlock_unlock(&d->cfg_lock);
     struct textfh *t = NULL;
-    if (rc == 0 && (!dbm_sbuf_ok(&b) || !(t = malloc(sizeof *t + b.len))))
+    if (rc == 0 && (!dbm_sbuf_ok(&b) || !(t = dbm_fs_textfh_new(b.buf, b.len))))
         rc = -ENOMEM;
+    dbm_sbuf_free(&b);
     if (rc < 0) {
-        dbm_sbuf_free(&b);
         fuse_reply_err(req, -rc);
         return;
     }
-    t->len = b.len;
-    memcpy(t->data, b.buf, b.len);
-    dbm_sbuf_free(&b);
     fi->fh = (uintptr_t)t;
     fi->direct_io = 1;  /* each open sees content generated for it, never a stale cache */
     fi->keep_cache = 0;
@@ -525,6 +530,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     struct dbm_daemon *d = D(req);
     if (is_text(ino)) {
         open_text(req, ino, fi);
+        return;
+    }
+    if (dbm_snapfs_is(ino)) {
+        dbm_snapfs_open(req, d, ino, fi);
         return;
     }
     if (ino_kind(ino) != K_DBFILE) {
@@ -557,7 +566,9 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
     struct dbm_dbhandle *h = NULL;
     pthread_rwlock_rdlock(&d->cfg_lock);
     struct dbm_env *e = NULL;
-    if (ino_kind(parent) != K_DBDIR)
+    if (dbm_snapfs_is(parent))
+        rc = -EROFS;
+    else if (ino_kind(parent) != K_DBDIR)
         rc = parent == INO_ROOT || ino_kind(parent) == K_ENV ? -EPERM : -ENOTDIR;
     else if ((e = db_env(d, parent, req, DBM_ACCESS_WRITE, &rc)))
         rc = dbm_livedb_create(e->live, name, fi->flags, &id, &st, &h);
@@ -585,8 +596,8 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
-    (void)parent, (void)name, (void)mode;
-    fuse_reply_err(req, EPERM);
+    (void)name, (void)mode;
+    fuse_reply_err(req, dbm_snapfs_is(parent) ? EROFS : EPERM);
 }
 
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -595,7 +606,9 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
     int rc;
     pthread_rwlock_rdlock(&d->cfg_lock);
     struct dbm_env *e = NULL;
-    if (ino_kind(parent) != K_DBDIR)
+    if (dbm_snapfs_is(parent))
+        rc = -EROFS;
+    else if (ino_kind(parent) != K_DBDIR)
         rc = -EPERM;
     else if ((e = db_env(d, parent, req, DBM_ACCESS_WRITE, &rc)))
         rc = dbm_livedb_unlink(e->live, name);
@@ -614,7 +627,11 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
-    if (is_text(ino)) {
+    if (dbm_snapfs_is(ino) && ino_kind(ino) != K_SNAPSHA) {
+        dbm_snapfs_read(req, ino, size, off, fi);
+        return;
+    }
+    if (is_text(ino) || ino_kind(ino) == K_SNAPSHA) {
         struct textfh *t = (struct textfh *)(uintptr_t)fi->fh;
         if ((uint64_t)off >= t->len)
             fuse_reply_buf(req, NULL, 0);
@@ -635,7 +652,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
                      struct fuse_file_info *fi)
 {
     if (ino_kind(ino) != K_DBFILE) {
-        fuse_reply_err(req, EBADF);
+        fuse_reply_err(req, dbm_snapfs_is(ino) ? EROFS : EBADF);
         return;
     }
     ssize_t n = dbm_livedb_write((struct dbm_dbhandle *)(uintptr_t)fi->fh, buf, size, off);
@@ -655,8 +672,10 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-    if (is_text(ino))
+    if (is_text(ino) || ino_kind(ino) == K_SNAPSHA)
         free((void *)(uintptr_t)fi->fh);
+    else if (dbm_snapfs_is(ino))
+        dbm_snapfs_release(ino, fi);
     else if (ino_kind(ino) == K_DBFILE)
         dbm_livedb_release((struct dbm_dbhandle *)(uintptr_t)fi->fh);
     fuse_reply_err(req, 0);
@@ -710,7 +729,8 @@ static int req_interrupted(void *arg) { return fuse_req_interrupted((fuse_req_t)
 
 static void op_setlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct flock *lock, int sleep)
 {
-    int rc = -ENOLCK;
+    /* read-only, immutable nodes (snapshot views): nothing to arbitrate */
+    int rc = 0;
     if (ino_kind(ino) == K_DBFILE)
         rc = dbm_livedb_setlk((struct dbm_dbhandle *)(uintptr_t)fi->fh, fi->lock_owner, lock, sleep,
                               req_interrupted, req);

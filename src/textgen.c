@@ -12,6 +12,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "dbm_config.h"
+#include "exports.h"
 #include "livedb.h"
 #include "strutil.h"
 #include "timefmt.h"
@@ -69,6 +70,7 @@ void dbm_text_root_status(struct dbm_daemon *d, struct dbm_sbuf *b)
     pthread_rwlock_unlock(&d->cfg_lock);
     dbm_sbuf_kv(b, "operations_running", "0");
     dbm_sbuf_kv(b, "operations_queued", "0");
+    dbm_exports_report(d->exports, b);
 }
 
 static void user_kv(struct dbm_sbuf *b, const char *key, uid_t uid)
