@@ -296,6 +296,8 @@ static int store_scan(struct dbm_store *s)
         }
         if (strlen(de->d_name) != 16 || parse_hex(de->d_name, 16, &id))
             continue;
+        if (id > s->max_id)
+            s->max_id = id; /* never reuse the id of a directory, even a broken one */
         int r = meta_read(s->dirfd, de->d_name, &m);
         if (r || m.id != id) {
             dbm_err("pagestore: %s/%s/meta: unreadable or bad checksum; timeline ignored", s->dir, de->d_name);

@@ -145,7 +145,7 @@ int dbm_pgs_seg_write(struct pgs_seg *g, uint64_t txid, uint64_t commit_ns, uint
 void dbm_pgs_seg_publish(struct pgs_seg *g);
 
 /* Sealing: write_index does the I/O (appender, no lock), mark_sealed switches
- * the in-RAM state (write-locked). */
+ * the in-RAM state (write-locked) once the index is in place. */
 int dbm_pgs_seg_write_index(int dirfd, struct pgs_seg *g);
 void dbm_pgs_seg_mark_sealed(struct pgs_seg *g);
 

@@ -665,7 +665,6 @@ int dbm_pgs_seg_write_index(int dirfd, struct pgs_seg *g)
         unlink(tmp);
         goto out;
     }
-    g->idx_bytes = sizeof(struct pgs_idx_hdr) + (g->natx + g->nment) * 32;
     /* The preallocated tail is no longer needed; losing this is harmless. */
     if (dbm_sys.ftruncate(g->fd, (off_t)g->end) < 0)
         dbm_warn("pagestore: %s: cannot trim: %s", g->path, strerror(errno));
@@ -678,6 +677,7 @@ out:
 
 void dbm_pgs_seg_mark_sealed(struct pgs_seg *g)
 {
+    g->idx_bytes = sizeof(struct pgs_idx_hdr) + (g->natx + g->nment) * 32;
     free(g->atx);
     free(g->ments);
     free(g->hash);

@@ -747,6 +747,13 @@ static int fault_fallocate(int fd, int mode, off_t off, off_t len)
     return -1;
 }
 
+static int fault_rename(const char *from, const char *to)
+{
+    (void)from, (void)to;
+    errno = fault_errno;
+    return -1;
+}
+
 static void test_faults(void)
 {
     char dir[256];
@@ -758,20 +765,19 @@ static void test_faults(void)
     CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
     uint64_t rng = 77;
     int bad = 0;
-    for (int round = 0; round < 24; round++) {
+    int failed = 0, renames = 0;
+    for (int round = 0; round < 40; round++) {
         CHECK_EQ_INT(dbm_tl_stat(t, &st0), 0);
         oracle_gen(&o, &rng);
         fault_errno = round % 2 ? EIO : ENOSPC;
         fault_after = round % 3;
         fault_partial = round % 4 == 1;
-        switch (round % 3) {
-        case 0:
-        case 1:
-            dbm_sys.pwrite = fault_pwrite;
-            break;
-        default:
+        if (round % 5 == 4)
+            dbm_sys.rename = fault_rename; /* fails the append only when it seals */
+        else if (round % 3 == 2)
             dbm_sys.fdatasync = fault_fdatasync;
-        }
+        else
+            dbm_sys.pwrite = fault_pwrite;
         if (round % 8 == 7)
             dbm_sys.fallocate = fault_fallocate;
         int rc = apply(t, &o, o.n - 1);
@@ -779,6 +785,8 @@ static void test_faults(void)
         /* pwrite faults may hit a call the append did not need; otherwise it failed */
         if (rc == 0)
             continue;
+        failed++;
+        renames += round % 5 == 4;
         bad += rc != -fault_errno;
         CHECK_EQ_INT(dbm_tl_stat(t, &st), 0);
         bad += st.last_txid != st0.last_txid || st.commits != st0.commits;
@@ -786,6 +794,8 @@ static void test_faults(void)
         bad += apply(t, &o, o.n - 1) != 0; /* the same transaction, now it works */
     }
     CHECK_EQ_INT(bad, 0);
+    CHECK(failed >= 25);
+    CHECK(renames >= 1);
     CHECK_EQ_INT(check_all(t, &o, 1), 0);
     dbm_tl_close(t);
     s = store_reopen(s, dir, 16 * 1024, 1ull << 40);
@@ -803,25 +813,31 @@ static void test_faults(void)
 struct conc {
     struct dbm_timeline *t;
     const struct oracle *o;
-    volatile int stop;
-    int bad;
-    long reads;
+    int stop; /* atomic */
+    int bad;  /* atomic */
+    long reads; /* atomic */
+};
+
+struct reader_arg {
+    struct conc *c;
     uint64_t seed;
 };
 
 static void *reader(void *arg)
 {
-    struct conc *c = arg;
-    uint64_t rng = c->seed;
+    struct reader_arg *ra = arg;
+    struct conc *c = ra->c;
+    uint64_t rng = ra->seed;
     int bad = 0;
     long reads = 0;
-    while (!c->stop) {
+    while (!__atomic_load_n(&c->stop, __ATOMIC_RELAXED)) {
         struct dbm_tl_stat st;
         dbm_tl_stat(c->t, &st);
         if (st.last_txid == 0)
             continue;
-        uint64_t x = rng_next(&rng) % 4 ? st.last_txid - rng_next(&rng) % (st.last_txid < 5 ? st.last_txid : 5)
-                                        : 1 + rng_next(&rng) % st.last_txid;
+        /* mostly the newest few commits, sometimes anywhere */
+        uint64_t back = rng_next(&rng) % (st.last_txid < 5 ? st.last_txid : 5);
+        uint64_t x = rng_next(&rng) % 4 ? st.last_txid - back : 1 + rng_next(&rng) % st.last_txid;
         bad += check_read(c->t, c->o, x, 1 + (uint32_t)(rng_next(&rng) % MAXP)) != 0;
         struct dbm_txinfo ti;
         if (dbm_tl_txid_at(c->t, c->o->ns[x], &ti) || ti.txid < x)
@@ -848,15 +864,15 @@ static void test_concurrent(void)
         oracle_gen(&o, &rng);
     c.o = &o;
     pthread_t th[4];
+    struct reader_arg ra[4];
     for (int i = 0; i < 4; i++) {
-        struct conc *cc = &c;
-        cc->seed = 100 + (uint64_t)i;
-        pthread_create(&th[i], NULL, reader, cc);
+        ra[i] = (struct reader_arg){ &c, 100 + (uint64_t)i };
+        pthread_create(&th[i], NULL, reader, &ra[i]);
     }
     int bad = 0;
     for (size_t i = 1; i < o.n; i++)
         bad += apply(c.t, &o, i) != 0;
-    c.stop = 1;
+    __atomic_store_n(&c.stop, 1, __ATOMIC_RELAXED);
     for (int i = 0; i < 4; i++)
         pthread_join(th[i], NULL);
     CHECK_EQ_INT(bad, 0);
