@@ -35,12 +35,26 @@ typedef int (*dbm_bacpac_sink)(void *arg, const void *buf, size_t len);
  * (for the manifest); second pass: the tar stream through zstd into sink.
  * On success fills sha256 (32 bytes of the compressed stream) and *size.
  * -EIO if a page fails its checksum; -ECANCELED if cancel (may be NULL)
- * returns non-zero between blocks. */
+ * returns non-zero between blocks. -EFBIG (and a log line) if the manifest
+ * outgrows the allowance dbm_bacpac_size_bound makes for it (see there);
+ * -EINVAL for a database name that is not a plain file name or a page size
+ * SQLite cannot have. No byte reaches sink before pass 2 starts, so a failure
+ * in pass 1 leaves the sink untouched. cancel gets arg, like sink. */
 int dbm_bacpac_produce(const struct dbm_bacpac_params *p, dbm_bacpac_sink sink, void *arg,
                        int (*cancel)(void *arg), uint8_t sha256[32], uint64_t *size);
 
 /* An upper bound of the export's size, computable without reading any page
- * (ZSTD_compressBound of the exact tar size plus framing). */
+ * (ZSTD_compressBound of the exact tar size plus framing). The tar size is
+ * exact but for manifest.json, whose table list is not known without reading:
+ * it is allowed DBM_BACPAC_MANIFEST_BASE bytes plus, per database,
+ * DBM_BACPAC_MANIFEST_PER_DB + min(DBM_BACPAC_MANIFEST_PER_PAGE * pages,
+ * DBM_BACPAC_MANIFEST_PAGES_CAP). A table has a root page of its own, so that
+ * is about 64 bytes per table at worst: names up to ~40 characters. A larger
+ * manifest fails the export with -EFBIG. */
+#define DBM_BACPAC_MANIFEST_BASE (64u << 10)
+#define DBM_BACPAC_MANIFEST_PER_DB (4u << 10)
+#define DBM_BACPAC_MANIFEST_PER_PAGE 64u
+#define DBM_BACPAC_MANIFEST_PAGES_CAP (1u << 20)
 uint64_t dbm_bacpac_size_bound(const struct dbm_bacpac_params *p);
 
 #endif
