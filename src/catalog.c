@@ -321,6 +321,21 @@ int dbm_catalog_db_by_timeline(struct dbm_catalog *c, uint64_t t, struct dbm_cat
     return select_dbs(c, DB_COLS "WHERE timeline = ?3", NULL, NULL, (int64_t)t, NULL, NULL, out);
 }
 
+int dbm_catalog_db_expired(struct dbm_catalog *c, const char *env, uint64_t before_ns,
+                           int (*cb)(const struct dbm_cat_db *db, void *arg), void *arg)
+{
+    return select_dbs(c, DB_COLS "WHERE env = ?1 AND deleted_ns IS NOT NULL AND deleted_ns < ?3", env, NULL,
+                      (int64_t)before_ns, cb, arg, NULL);
+}
+
+int dbm_catalog_db_purge(struct dbm_catalog *c, int64_t id)
+{
+    pthread_mutex_lock(&c->lock);
+    int rc = run(c, "DELETE FROM databases WHERE id = ?1 AND deleted_ns IS NOT NULL", "i", id);
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
 int dbm_catalog_audit(struct dbm_catalog *c, uid_t uid, gid_t gid, pid_t pid, const char *env, const char *request,
                       const char *verdict)
 {

@@ -58,6 +58,13 @@ int dbm_catalog_db_list_since(struct dbm_catalog *c, const char *env, uint64_t s
 /* Every database record (live or dropped) whose timeline is t: 0/-ENOENT. */
 int dbm_catalog_db_by_timeline(struct dbm_catalog *c, uint64_t t, struct dbm_cat_db *out);
 
+/* Removed databases of env whose deletion is older than before_ns (their
+ * history has left the retention window): cb for each. */
+int dbm_catalog_db_expired(struct dbm_catalog *c, const char *env, uint64_t before_ns,
+                           int (*cb)(const struct dbm_cat_db *db, void *arg), void *arg);
+/* Forgets a removed database's record once its history is gone. */
+int dbm_catalog_db_purge(struct dbm_catalog *c, int64_t id);
+
 /* Appends an audit record. */
 int dbm_catalog_audit(struct dbm_catalog *c, uid_t uid, gid_t gid, pid_t pid, const char *env,
                       const char *request, const char *verdict);

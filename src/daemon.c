@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "catalog.h"
@@ -195,6 +196,8 @@ int dbm_daemon_open(const char *state_dir, struct dbm_daemon **out, char *err, s
     }
     d->lock_fd = -1;
     pthread_rwlock_init(&d->cfg_lock, NULL);
+    pthread_mutex_init(&d->maint_mu, NULL);
+    pthread_cond_init(&d->maint_cv, NULL);
     d->start_ns = dbm_now_ns();
     d->mount_uid = getuid();
     d->mount_gid = getgid();
@@ -241,6 +244,13 @@ void dbm_daemon_close(struct dbm_daemon *d)
 {
     if (!d)
         return;
+    if (d->maint_running) {
+        pthread_mutex_lock(&d->maint_mu);
+        d->maint_stop = 1;
+        pthread_cond_signal(&d->maint_cv);
+        pthread_mutex_unlock(&d->maint_mu);
+        pthread_join(d->maint, NULL);
+    }
     for (int i = 0; i < d->nenvs; i++) {
         dbm_livedb_close(d->envs[i]->live);
         free(d->envs[i]);
@@ -285,6 +295,86 @@ int dbm_daemon_reload(struct dbm_daemon *d)
     dbm_config_free(old);
     d->reloads++;
     dbm_notice("configuration reloaded from %s: %zu environments", path, cfg->nenvs);
+    return 0;
+}
+
+struct expire_ctx {
+    struct dbm_daemon *d;
+    const char *env;
+};
+
+static int expire_db(const struct dbm_cat_db *db, void *arg)
+{
+    struct expire_ctx *c = arg;
+    int rc = dbm_tl_drop(c->d->store, db->timeline);
+    if (rc == 0 || rc == -ENOENT) {
+        dbm_catalog_db_purge(c->d->cat, db->id);
+        dbm_info("%s/%s: removed database's history left the retention window: dropped", c->env, db->name);
+    } else if (rc != -EBUSY) {
+        dbm_warn("%s/%s: cannot drop expired history: %s", c->env, db->name, strerror(-rc));
+    }
+    return 0;
+}
+
+void dbm_daemon_maintain(struct dbm_daemon *d)
+{
+    uint64_t now = dbm_now_ns(), freed = 0;
+    pthread_rwlock_rdlock(&d->cfg_lock);
+    for (int i = 0; i < d->nenvs; i++) {
+        struct dbm_env *e = d->envs[i];
+        if (!e->conf)
+            continue;
+        uint64_t window = e->conf->retention_sec * DBM_NS_PER_SEC;
+        uint64_t horizon = now > window ? now - window : 0;
+        freed += dbm_livedb_gc(e->live, horizon);
+        struct expire_ctx c = { d, e->name };
+        dbm_catalog_db_expired(d->cat, e->name, horizon, expire_db, &c);
+    }
+    pthread_rwlock_unlock(&d->cfg_lock);
+    if (freed)
+        dbm_info("retention: freed %llu bytes of history", (unsigned long long)freed);
+}
+
+struct maint_arg {
+    struct dbm_daemon *d;
+    unsigned interval;
+};
+
+static void *maint_main(void *arg)
+{
+    struct dbm_daemon *d = ((struct maint_arg *)arg)->d;
+    unsigned interval = ((struct maint_arg *)arg)->interval;
+    free(arg);
+    dbm_daemon_maintain(d); /* in this thread: start-up never waits for it */
+    pthread_mutex_lock(&d->maint_mu);
+    while (!d->maint_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += interval;
+        pthread_cond_timedwait(&d->maint_cv, &d->maint_mu, &ts);
+        if (d->maint_stop)
+            break;
+        pthread_mutex_unlock(&d->maint_mu);
+        dbm_daemon_maintain(d);
+        pthread_mutex_lock(&d->maint_mu);
+    }
+    pthread_mutex_unlock(&d->maint_mu);
+    return NULL;
+}
+
+int dbm_daemon_start_maintenance(struct dbm_daemon *d, unsigned interval_sec)
+{
+    struct maint_arg *a = malloc(sizeof *a);
+    if (!a)
+        return -ENOMEM;
+    a->d = d;
+    a->interval = interval_sec;
+    int rc = pthread_create(&d->maint, NULL, maint_main, a);
+    if (rc) {
+        free(a);
+        return -rc;
+    }
+    d->maint_running = 1;
     return 0;
 }
 

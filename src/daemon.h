@@ -44,6 +44,11 @@ struct dbm_daemon {
     int nenvs;
     uint64_t start_ns;
     _Atomic uint64_t reloads, reload_failures;
+    pthread_t maint;                  /* retention: see dbm_daemon_maintain */
+    int maint_running;
+    pthread_mutex_t maint_mu;         /* protects maint_stop; leaf */
+    pthread_cond_t maint_cv;
+    int maint_stop;
     uid_t mount_uid;                  /* owner of README and status */
     gid_t mount_gid;
 };
@@ -64,6 +69,13 @@ void dbm_daemon_record_pid(struct dbm_daemon *d);
 /* SIGHUP: parses the config again; on success swaps it in and returns 0; on
  * failure keeps the old one, logs why and returns -errno. */
 int dbm_daemon_reload(struct dbm_daemon *d);
+
+/* Retention: drops history older than each environment's window (the page
+ * store keeps the newest state and what branches need) and the history of
+ * removed databases once their removal has left the window. */
+void dbm_daemon_maintain(struct dbm_daemon *d);
+/* Runs dbm_daemon_maintain every interval_sec in a thread until close. */
+int dbm_daemon_start_maintenance(struct dbm_daemon *d, unsigned interval_sec);
 
 /* The environment runtime by name or by index, visible (declared in the
  * current config) or NULL. Call under cfg_lock (read). */

@@ -413,8 +413,10 @@ void dbm_export_put(struct dbm_export *e)
 
 ssize_t dbm_export_read(struct dbm_export *e, void *buf, size_t size, off_t off)
 {
+    /* wait for the whole request, as a regular file would return it: many
+     * readers (tar among them) take a short read for the end of the file */
     pthread_mutex_lock(&e->mu);
-    while (!e->done && !e->error && e->produced <= (uint64_t)off)
+    while (!e->done && !e->error && e->produced < (uint64_t)off + size)
         pthread_cond_wait(&e->cv, &e->mu);
     int err = e->error;
     uint64_t avail = e->produced;

@@ -32,8 +32,9 @@ void dbm_exports_set_bound(struct dbm_exports *x, uint64_t bound_bytes);
 int dbm_export_get(struct dbm_exports *x, struct dbm_snapshot *snap, struct dbm_export **out);
 void dbm_export_put(struct dbm_export *e); /* accepts NULL */
 
-/* Reads up to size bytes at off, waiting while production has not reached
- * them. Returns the count, 0 at the end, or the production's -errno. */
+/* Reads size bytes at off, waiting until production has reached them all
+ * (short only at the end of the export). Returns the count, 0 at the end,
+ * or the production's -errno. */
 ssize_t dbm_export_read(struct dbm_export *e, void *buf, size_t size, off_t off);
 /* Waits for the production to finish. 0, or its -errno. */
 int dbm_export_wait(struct dbm_export *e);

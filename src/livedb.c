@@ -622,6 +622,37 @@ int dbm_livedb_setlk(struct dbm_dbhandle *h, uint64_t owner, const struct flock 
     return rc;
 }
 
+uint64_t dbm_livedb_gc(struct dbm_livedb *l, uint64_t horizon_ns)
+{
+    uint64_t freed = 0;
+    pthread_mutex_lock(&l->mu);
+    size_t n = l->nbases;
+    struct base **v = malloc((n + 1) * sizeof *v);
+    if (v)
+        memcpy(v, l->bases, n * sizeof *v);
+    pthread_mutex_unlock(&l->mu);
+    for (size_t i = 0; v && i < n; i++) {
+        struct dbm_timeline *tl = NULL;
+        struct dbm_tl_stat st;
+        /* take a reference under the base lock, collect without it: a GC that
+         * writes an image must not hold up commits */
+        pthread_mutex_lock(&v[i]->mu);
+        if (v[i]->tl && dbm_tl_stat(v[i]->tl, &st) == 0 && dbm_tl_open(l->store, st.id, &tl) < 0)
+            tl = NULL;
+        pthread_mutex_unlock(&v[i]->mu);
+        if (!tl)
+            continue;
+        int64_t r = dbm_tl_gc(tl, horizon_ns);
+        if (r < 0)
+            dbm_warn("%s/%s: retention: %s", l->env, v[i]->name, strerror((int)-r));
+        else
+            freed += (uint64_t)r;
+        dbm_tl_close(tl);
+    }
+    free(v);
+    return freed;
+}
+
 size_t dbm_livedb_count(struct dbm_livedb *l)
 {
     size_t n = 0;

@@ -71,6 +71,12 @@ int dbm_livedb_getlk(struct dbm_dbhandle *h, uint64_t owner, struct flock *fl);
 int dbm_livedb_setlk(struct dbm_dbhandle *h, uint64_t owner, const struct flock *fl, int sleep,
                      int (*interrupted)(void *), void *arg);
 
+/* ---- retention ---- */
+/* Drops history older than horizon_ns from every live database's timeline
+ * (the page store keeps what is still needed). Runs beside writers. Returns
+ * bytes freed. */
+uint64_t dbm_livedb_gc(struct dbm_livedb *l, uint64_t horizon_ns);
+
 /* ---- reports ---- */
 /* Appends per-database "key: value" lines for info/status. */
 void dbm_livedb_report(struct dbm_livedb *l, struct dbm_sbuf *b);

@@ -220,6 +220,8 @@ int main(int argc, char *argv[])
         goto out_signals;
     }
     dbm_notice("dbmovefs %s serving %s on %s", DBM_VERSION, d->state_dir, mountpoint);
+    if (dbm_daemon_start_maintenance(d, 60) < 0) /* retention now, then every minute */
+        dbm_warn("retention thread not started: history is trimmed at the next start only");
     if (!opts.foreground) {
         detach_stdio();
         dbm_log_setup(1, dbm_log_get_level());

@@ -38,7 +38,7 @@ def test_init_creates_commented_config_and_refuses_overwrite(tmpbase):
 def test_layout(mount):
     assert sorted(os.listdir(mount.mnt)) == ["README", "dev", "prod", "status", "uat"]
     for env in ("prod", "uat", "dev"):
-        assert sorted(os.listdir(mount.p(env))) == ["db", "info", "status"]
+        assert sorted(os.listdir(mount.p(env))) == ["db", "info", "snapshots", "status"]
         assert os.listdir(mount.p(env, "db")) == []
     out = run("ls", "-l", mount.mnt).stdout
     assert "README" in out
@@ -78,7 +78,7 @@ def test_stat_size_matches_content_and_tools_see_all(mount):
         lines = data.decode().splitlines()
         assert run("tail", "-n", "2", path).stdout.splitlines() == lines[-2:] or path.endswith("status")
     assert run("grep", "^environments: 3$", mount.p("status")).stdout.strip() == "environments: 3"
-    assert run("tail", "-n", "1", mount.p("status")).stdout.startswith("operations_queued: ")
+    assert run("tail", "-n", "1", mount.p("status")).stdout.startswith("exports_produced: ")
 
 
 def test_status_is_fresh_on_every_read(mount):
