@@ -113,7 +113,7 @@ static void oracle_gen(struct oracle *o, uint64_t *rng)
         db = MAXP;
     for (uint32_t p = db + 1; p <= MAXP; p++)
         v[p - 1] = 0;
-    uint32_t k = 1 + (uint32_t)(rng_next(rng) % 10);
+    uint32_t k = (uint32_t)(rng_next(rng) % 11); /* sometimes none: only the size changes */
     for (uint32_t j = 0; j < k; j++)
         v[rng_next(rng) % db] = next_w++;
     o->dbp[i] = db;
@@ -297,6 +297,40 @@ static struct dbm_store *store_reopen(struct dbm_store *s, const char *dir, uint
 
 /* ---- tests ---- */
 
+static void count_files(const char *tdir, int *idx, int *img)
+{
+    DIR *d = opendir(tdir);
+    struct dirent *de;
+    *idx = *img = 0;
+    while (d && (de = readdir(d))) {
+        *idx += strstr(de->d_name, ".idx") != NULL;
+        *img += !strncmp(de->d_name, "image.", 6);
+    }
+    if (d)
+        closedir(d);
+}
+
+/* Closes and reopens the store: the same answers, and appends go on. */
+static void history_reopen(struct dbm_store *s, const char *dir, uint64_t id, struct oracle *o, uint64_t *rng)
+{
+    struct dbm_timeline *t;
+    int bad = 0;
+    s = store_reopen(s, dir, 64 * 1024, 160 * 1024);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    CHECK_EQ_INT(check_all(t, o, 1), 0);
+    CHECK_EQ_INT(check_times(t, o, 1), 0);
+    for (int i = 0; i < 50; i++) {
+        oracle_gen(o, rng);
+        bad += apply(t, o, o->n - 1) != 0;
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(check_all(t, o, oracle_last(o) - 60), 0);
+    dbm_tl_close(t);
+    CHECK_EQ_INT(dbm_tl_drop(s, id), 0);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), -ENOENT);
+    dbm_store_close(s);
+}
+
 static void test_history(void)
 {
     char dir[256];
@@ -340,46 +374,57 @@ static void test_history(void)
 
     /* several segments were sealed and images were written */
     char tdir[300];
+    int idx, img;
     tl_dir(tdir, sizeof tdir, dir, id);
-    DIR *d = opendir(tdir);
-    int idx = 0, img = 0;
-    struct dirent *de;
-    while (d && (de = readdir(d))) {
-        idx += strstr(de->d_name, ".idx") != NULL;
-        img += !strncmp(de->d_name, "image.", 6);
-    }
-    if (d)
-        closedir(d);
+    count_files(tdir, &idx, &img);
     CHECK(idx >= 10);
     CHECK(img >= 3);
-
-    /* close and reopen: the same answers */
     CHECK_EQ_INT(dbm_tl_drop(s, id), -EBUSY);
     dbm_tl_close(t);
-    s = store_reopen(s, dir, 64 * 1024, 160 * 1024);
-    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
-    CHECK_EQ_INT(check_all(t, &o, 1), 0);
-    CHECK_EQ_INT(check_times(t, &o, 1), 0);
-    for (int i = 0; i < 50; i++) {
-        oracle_gen(&o, &rng);
-        bad += apply(t, &o, o.n - 1) != 0;
+    history_reopen(s, dir, id, &o, &rng);
+    oracle_free(&o);
+}
+
+/* A grandchild of the child; then, after a restart, only it is opened and it
+ * opens its ancestors itself. Takes s over and closes it. */
+static void branch_grandchild(struct dbm_store *s, const char *dir, uint64_t pid, uint64_t cid,
+                              const struct oracle *co, uint64_t *rng)
+{
+    uint64_t gid;
+    struct dbm_timeline *g;
+    struct oracle go;
+    int bad = 0;
+    CHECK_EQ_INT(dbm_tl_create(s, PS, cid, 150, &gid), 0);
+    CHECK_EQ_INT(dbm_tl_open(s, gid, &g), 0);
+    oracle_init(&go, co, 150);
+    for (int i = 0; i < 60; i++) {
+        oracle_gen(&go, rng);
+        bad += apply(g, &go, go.n - 1) != 0;
     }
     CHECK_EQ_INT(bad, 0);
-    CHECK_EQ_INT(check_all(t, &o, oracle_last(&o) - 60), 0);
-    dbm_tl_close(t);
-    CHECK_EQ_INT(dbm_tl_drop(s, id), 0);
-    CHECK_EQ_INT(dbm_tl_open(s, id, &t), -ENOENT);
+    CHECK_EQ_INT(check_all(g, &go, 150), 0);
+    CHECK_EQ_INT(dbm_tl_drop(s, cid), -EBUSY); /* open through g, and has a child */
+    dbm_tl_close(g);
+    CHECK_EQ_INT(dbm_tl_drop(s, pid), -EBUSY); /* has children */
+    s = store_reopen(s, dir, 32 * 1024, 0);
+    CHECK_EQ_INT(dbm_tl_open(s, gid, &g), 0);
+    CHECK_EQ_INT(check_all(g, &go, 150), 0);
+    CHECK_EQ_INT(dbm_tl_drop(s, pid), -EBUSY); /* open through g */
+    dbm_tl_close(g);
+    CHECK_EQ_INT(dbm_tl_drop(s, gid), 0);
+    CHECK_EQ_INT(dbm_tl_drop(s, cid), 0);
+    CHECK_EQ_INT(dbm_tl_drop(s, pid), 0);
     dbm_store_close(s);
-    oracle_free(&o);
+    oracle_free(&go);
 }
 
 static void test_branch(void)
 {
     char dir[256];
     struct dbm_store *s = store_new("branch", 32 * 1024, 0, dir);
-    uint64_t pid, cid, gid;
-    struct dbm_timeline *p, *c, *g;
-    struct oracle po, co, go;
+    uint64_t pid, cid;
+    struct dbm_timeline *p, *c;
+    struct oracle po, co;
     uint64_t rng = 7;
     int bad = 0;
     CHECK_EQ_INT(dbm_tl_create(s, PS, 0, 0, &pid), 0);
@@ -419,35 +464,33 @@ static void test_branch(void)
     uint8_t buf[PS];
     CHECK_EQ_INT(dbm_tl_read_page(c, 99, 1, buf), -ERANGE);
 
-    /* a grandchild of the child */
-    CHECK_EQ_INT(dbm_tl_create(s, PS, cid, 150, &gid), 0);
-    CHECK_EQ_INT(dbm_tl_open(s, gid, &g), 0);
-    oracle_init(&go, &co, 150);
-    for (int i = 0; i < 60; i++) {
-        oracle_gen(&go, &rng);
-        bad += apply(g, &go, go.n - 1) != 0;
-    }
-    CHECK_EQ_INT(bad, 0);
-    CHECK_EQ_INT(check_all(g, &go, 150), 0);
-    CHECK_EQ_INT(dbm_tl_drop(s, cid), -EBUSY);
-
-    /* reopen only the grandchild: it opens its ancestors itself */
-    dbm_tl_close(p);
     dbm_tl_close(c);
-    dbm_tl_close(g);
-    CHECK_EQ_INT(dbm_tl_drop(s, pid), -EBUSY); /* has children */
-    s = store_reopen(s, dir, 32 * 1024, 0);
-    CHECK_EQ_INT(dbm_tl_open(s, gid, &g), 0);
-    CHECK_EQ_INT(check_all(g, &go, 150), 0);
-    CHECK_EQ_INT(dbm_tl_drop(s, cid), -EBUSY); /* open through g */
-    dbm_tl_close(g);
-    CHECK_EQ_INT(dbm_tl_drop(s, gid), 0);
-    CHECK_EQ_INT(dbm_tl_drop(s, cid), 0);
-    CHECK_EQ_INT(dbm_tl_drop(s, pid), 0);
-    dbm_store_close(s);
+    dbm_tl_close(p);
+    branch_grandchild(s, dir, pid, cid, &co, &rng);
     oracle_free(&po);
     oracle_free(&co);
-    oracle_free(&go);
+}
+
+/* After reopening, the same range; appends go on. Takes s over. */
+static void gc_reopen(struct dbm_store *s, const char *dir, uint64_t id, struct oracle *o, uint64_t first,
+                      uint64_t *rng)
+{
+    struct dbm_timeline *t;
+    struct dbm_tl_stat st;
+    int bad = 0;
+    s = store_reopen(s, dir, 32 * 1024, 256 * 1024);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    CHECK_EQ_INT(dbm_tl_stat(t, &st), 0);
+    CHECK_EQ_INT(st.first_txid, first);
+    CHECK_EQ_INT(check_all(t, o, first), 0);
+    for (int i = 0; i < 30; i++) {
+        oracle_gen(o, rng);
+        bad += apply(t, o, o->n - 1) != 0;
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(check_all(t, o, first), 0);
+    dbm_tl_close(t);
+    dbm_store_close(s);
 }
 
 static void test_gc(void)
@@ -505,22 +548,8 @@ static void test_gc(void)
     CHECK(st.last_txid == 600 && st.first_txid <= 600);
     CHECK_EQ_INT(check_all(t, &o, 600), 0);
 
-    /* after reopening, the same range */
-    uint64_t first = st.first_txid;
     dbm_tl_close(t);
-    s = store_reopen(s, dir, 32 * 1024, 256 * 1024);
-    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
-    CHECK_EQ_INT(dbm_tl_stat(t, &st), 0);
-    CHECK_EQ_INT(st.first_txid, first);
-    CHECK_EQ_INT(check_all(t, &o, first), 0);
-    for (int i = 0; i < 30; i++) {
-        oracle_gen(&o, &rng);
-        bad += apply(t, &o, o.n - 1) != 0;
-    }
-    CHECK_EQ_INT(bad, 0);
-    CHECK_EQ_INT(check_all(t, &o, first), 0);
-    dbm_tl_close(t);
-    dbm_store_close(s);
+    gc_reopen(s, dir, id, &o, st.first_txid, &rng);
     oracle_free(&o);
 }
 
@@ -601,6 +630,7 @@ static void test_torn(void)
     size_t n;
     uint8_t *orig = slurp(path, &n);
     uint64_t len = h.rec_len;
+    CHECK(h.npages > 0); /* the cut points below assume pages */
     uint64_t cuts[] = { 0, 1, 7, 8, 44, 47, 48, 49, 60, len / 2, len - PS, len - 9, len - 1 };
     int bad = 0;
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
@@ -646,7 +676,18 @@ static void test_torn(void)
     oracle_free(&o);
 }
 
-static void test_corruption(void)
+/* The first page entry of the record at off. */
+static struct pgs_rec_ent first_entry(const char *path, uint64_t off)
+{
+    struct pgs_rec_ent e = { 0, 0 };
+    int fd = open(path, O_RDONLY);
+    CHECK(fd >= 0 && pread(fd, &e, sizeof e, (off_t)(off + sizeof(struct pgs_rec_hdr))) == (ssize_t)sizeof e);
+    if (fd >= 0)
+        close(fd);
+    return e;
+}
+
+static void test_corrupt_sealed(void)
 {
     char dir[256], tdir[300], path[400];
     uint64_t id, off;
@@ -655,54 +696,70 @@ static void test_corruption(void)
     struct dbm_timeline *t;
     uint8_t buf[PS];
     /* 8 KiB segments: the early records are in sealed segments */
-    struct dbm_store *s = build_small("corrupt", dir, &id, &o, 80, 8 * 1024);
+    struct dbm_store *s = build_small("corrupt1", dir, &id, &o, 80, 8 * 1024);
     tl_dir(tdir, sizeof tdir, dir, id);
+    uint64_t x = 10;
+    while (find_record(tdir, x, path, sizeof path, &off, &h) == 0 && h.npages == 0)
+        x++;
+    CHECK(h.npages > 0 && x < 20);
+    struct pgs_rec_ent e0 = first_entry(path, off);
+    uint64_t page0 = off + sizeof h + h.npages * 8;
 
-    /* a page of a sealed segment */
-    CHECK_EQ_INT(find_record(tdir, 10, path, sizeof path, &off, &h), 0);
-    struct pgs_rec_ent e0;
-    int fd = open(path, O_RDONLY);
-    CHECK(fd >= 0 && pread(fd, &e0, sizeof e0, (off_t)(off + sizeof h)) == (ssize_t)sizeof e0);
-    close(fd);
-    flip_byte(path, off + sizeof h + h.npages * 8 + 100);
+    /* a stored page */
+    flip_byte(path, page0 + 100);
     CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
-    CHECK_EQ_INT(dbm_tl_read_page(t, 10, e0.pgno, buf), -EIO);
+    CHECK_EQ_INT(dbm_tl_read_page(t, x, e0.pgno, buf), -EIO);
     CHECK_EQ_INT(check_all(t, &o, 60), 0);
     dbm_tl_close(t);
-    flip_byte(path, off + sizeof h + h.npages * 8 + 100);
+    flip_byte(path, page0 + 100);
 
-    /* a record header of a sealed segment */
+    /* a record header */
     flip_byte(path, off + 20);
     CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
-    CHECK_EQ_INT(dbm_tl_read_page(t, 10, e0.pgno, buf), -EIO);
+    CHECK_EQ_INT(dbm_tl_read_page(t, x, e0.pgno, buf), -EIO);
     CHECK_EQ_INT(check_all(t, &o, 60), 0);
     dbm_tl_close(t);
     flip_byte(path, off + 20);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    CHECK_EQ_INT(check_all(t, &o, 1), 0);
+    dbm_tl_close(t);
+    dbm_store_close(s);
+    oracle_free(&o);
+}
 
-    /* the active segment: a page mid-log, then a header mid-log */
+/* The active segment: a page mid-log, then a header mid-log. */
+static void test_corrupt_active(void)
+{
+    char dir[256], tdir[300], path[400];
+    uint64_t id, off;
+    struct oracle o;
+    struct pgs_rec_hdr h;
+    struct dbm_timeline *t;
     struct dbm_tl_stat st;
-    CHECK_EQ_INT(find_record(tdir, 78, path, sizeof path, &off, &h), 0);
-    CHECK(strstr(path, ".idx") == NULL);
-    fd = open(path, O_RDONLY);
-    CHECK(fd >= 0 && pread(fd, &e0, sizeof e0, (off_t)(off + sizeof h)) == (ssize_t)sizeof e0);
-    close(fd);
-    flip_byte(path, off + sizeof h + h.npages * 8 + 5);
+    uint8_t buf[PS];
+    struct dbm_store *s = build_small("corrupt2", dir, &id, &o, 80, 1 << 20);
+    tl_dir(tdir, sizeof tdir, dir, id);
+    uint64_t x = 78; /* a record with pages, two records before the tail */
+    while (find_record(tdir, x, path, sizeof path, &off, &h) == 0 && h.npages == 0)
+        x--;
+    CHECK(h.npages > 0 && x > 60);
+    struct pgs_rec_ent e0 = first_entry(path, off);
+    uint64_t page0 = off + sizeof h + h.npages * 8;
+
+    flip_byte(path, page0 + 5);
     CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
     CHECK_EQ_INT(dbm_tl_stat(t, &st), 0);
     CHECK_EQ_INT(st.last_txid, 80);
-    CHECK_EQ_INT(dbm_tl_read_page(t, 78, e0.pgno, buf), -EIO);
-    CHECK_EQ_INT(check_read(t, &o, 77, e0.pgno), 0);
+    CHECK_EQ_INT(dbm_tl_read_page(t, x, e0.pgno, buf), -EIO);
+    CHECK_EQ_INT(check_read(t, &o, x - 1, e0.pgno), 0);
     dbm_tl_close(t);
-    flip_byte(path, off + sizeof h + h.npages * 8 + 5);
+    flip_byte(path, page0 + 5);
 
     flip_byte(path, off + 30);
     CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
-    CHECK_EQ_INT(dbm_tl_read_page(t, 78, e0.pgno, buf), -EIO);
+    CHECK_EQ_INT(dbm_tl_read_page(t, x, e0.pgno, buf), -EIO);
     CHECK_EQ_INT(dbm_tl_read_page(t, 80, 1, buf), -EIO);
-    CHECK_EQ_INT(check_all(t, &o, 70) > 0, 1);
-    o.n = 78; /* what is before the damage still reads */
-    CHECK_EQ_INT(check_all(t, &o, 60), 0);
-    o.n = 81;
+    CHECK_EQ_INT(check_range(t, &o, 60, x - 1), 0); /* what is before the damage still reads */
     struct dbm_page_write w = { 1, buf };
     CHECK_EQ_INT(dbm_tl_append(t, o.ns[80] + 1, 5, &w, 1, NULL), -EIO);
     dbm_tl_close(t);
@@ -898,7 +955,7 @@ int main(void)
         void (*fn)(void);
     } tests[] = {
         { "history", test_history }, { "branch", test_branch },       { "gc", test_gc },
-        { "torn", test_torn },       { "corruption", test_corruption }, { "faults", test_faults },
+        { "torn", test_torn },       { "corrupt_sealed", test_corrupt_sealed }, { "corrupt_active", test_corrupt_active }, { "faults", test_faults },
         { "concurrent", test_concurrent },
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
