@@ -3,12 +3,15 @@
  * Determinism: every parameter that shapes the frame is set here and none is
  * derived from the machine. zstd's multi-threaded mode cuts the input into
  * jobs whose size follows from the level (window log), not from the number
- * of workers or from timing, so the frame depends on the input bytes and the
- * level only; two workers give about twice the single-thread speed on any
- * machine with two cores. A libzstd built without thread support refuses
- * nbWorkers: the codec then compresses in the caller's thread (a warning is
- * logged once, and that frame differs from a threaded one). No content size
- * is written: the frame header is the same however the input arrives.
+ * of workers, from timing or from how the input arrives, so the frame
+ * depends on the input bytes and the level only. Checked with zstd 1.5.4:
+ * the frame is byte for byte what `zstd -<level> -T<n> -c < input` writes
+ * for any n >= 1, run after run (tests/unit/test_bacpac.c). Two workers give
+ * about twice the single-thread speed on any machine with two cores. A
+ * libzstd built without thread support refuses nbWorkers: the codec then
+ * compresses in the caller's thread (a warning is logged once, and that
+ * frame differs from a threaded one, as --single-thread's does). No content
+ * size is written: the frame header is the same however the input arrives.
  *
  * Errors: zstd's message is logged once, when the codec fails; the codec is
  * then dead (c->err is sticky) so the message is not repeated. */

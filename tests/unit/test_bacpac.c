@@ -90,6 +90,7 @@ struct mem_img {
     uint32_t fail_pgno;   /* 0: none; else this page fails with -EIO ... */
     unsigned fail_after;  /* ... after it has been read this many times */
     unsigned reads;       /* reads of fail_pgno so far */
+    unsigned long total;  /* reads of any page */
 };
 
 static int mem_read_page(void *ctx, uint32_t pgno, void *buf)
@@ -98,6 +99,7 @@ static int mem_read_page(void *ctx, uint32_t pgno, void *buf)
 
     if (pgno == 0 || (uint64_t)pgno * m->page_size > m->size)
         return -EINVAL;
+    m->total++;
     if (pgno == m->fail_pgno && m->reads++ >= m->fail_after)
         return -EIO;
     memcpy(buf, m->data + (size_t)(pgno - 1) * m->page_size, m->page_size);
@@ -427,6 +429,9 @@ static void test_determinism(struct fixture *fx)
     CHECK_EQ_INT(sh("cmp -s %s/d1.bacpac %s/d3.bacpac", dir, dir), 0);
     CHECK_EQ_INT(sh("cmp -s %s/d1.bacpac %s/x.bacpac", dir, dir), 0);
     CHECK(memcmp(sha1, sha2, 32) == 0 && memcmp(sha1, sha3, 32) == 0);
+    /* The frame is the zstd tool's, whatever its number of threads. */
+    CHECK_EQ_INT(sh("zstd -q -dc %s/d1.bacpac | zstd -q -3 -T1 -c | cmp -s - %s/d1.bacpac", dir, dir), 0);
+    CHECK_EQ_INT(sh("zstd -q -dc %s/d1.bacpac | zstd -q -3 -T3 -c | cmp -s - %s/d1.bacpac", dir, dir), 0);
     CHECK(s1 == s2 && s1 == s3);
     /* Another level is another stream (the level is honoured). */
     fx->p.level = 19;
@@ -517,12 +522,16 @@ static off_t file_size(const char *rel)
 static struct mem_img *arm_img;
 static uint32_t arm_pgno;
 static int arm_calls;
+static const struct mem_img *arm_last; /* the last image pass 1 reads */
+static unsigned long arm_last_reads;   /* its reads when the failure was armed */
 
 static int cancel_arm(void *arg)
 {
     (void)arg;
-    if (--arm_calls == 0)
+    if (--arm_calls == 0) {
         arm_img->fail_pgno = arm_pgno; /* from now on that page fails */
+        arm_last_reads = arm_last->total;
+    }
     return 0;
 }
 
@@ -551,8 +560,11 @@ static void test_failures(struct fixture *fx)
     arm_img = &fx->m[1];
     arm_pgno = fx->img[1].db_pages;
     arm_calls = pass1_batches + 1;
+    arm_last = &fx->m[2];
     fx->m[1].fail_pgno = 0;
+    fx->m[2].total = 0;
     CHECK_EQ_INT(export_to(&fx->p, "f.bacpac", 0, cancel_arm, sha, &size), -EIO);
+    CHECK(arm_last_reads > fx->img[2].db_pages); /* armed after pass 1 (scan and counts) */
     fx->m[1].fail_pgno = 0;
 
     /* The sink's error is the export's. */
