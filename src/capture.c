@@ -210,9 +210,21 @@ int dbm_cap_db_written(struct base *b, const void *buf, size_t size, off_t off)
     if (!b->hdr_ps) {
         struct dbm_dbhdr h;
         uint64_t fsz;
-        if (read_dbhdr(b, &h, &fsz) < 0)
-            return -EIO;
-        b->hdr_ps = h.page_size;
+        if (read_dbhdr(b, &h, &fsz) == 0) {
+            b->hdr_ps = h.page_size;
+        } else {
+            /* a new database whose first transaction spills before page 1
+             * is written: the journal's header carries the page size */
+            uint8_t jh[28];
+            struct dbm_jhdr j;
+            if (!b->journal || dbm_pread_all(b->journal->fd, jh, sizeof jh, 0) != sizeof jh ||
+                dbm_jhdr_parse(jh, sizeof jh, &j) != 1 || j.page_size < 512 || j.page_size > 65536 ||
+                (j.page_size & (j.page_size - 1))) {
+                dbm_err("%s/%s: write to the database before its page size is known: refused", b->l->env, b->name);
+                return -EIO;
+            }
+            b->hdr_ps = j.page_size;
+        }
     }
     uint32_t first = (uint32_t)((uint64_t)off / b->hdr_ps) + 1;
     uint32_t last = (uint32_t)(((uint64_t)off + size - 1) / b->hdr_ps) + 1;

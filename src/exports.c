@@ -209,7 +209,7 @@ static int sink(void *arg, const void *buf, size_t len)
 
 static int cancelled(void *arg)
 {
-    struct dbm_export *e = arg;
+    struct dbm_export *e = ((struct sinkctx *)arg)->e; /* bacpac passes the sink's argument */
     pthread_mutex_lock(&e->mu);
     int c = e->cancel;
     pthread_mutex_unlock(&e->mu);

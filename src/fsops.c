@@ -36,10 +36,16 @@ static void ns_to_ts(uint64_t ns, struct timespec *ts)
 static int caller_may(fuse_req_t req, const struct dbm_env_conf *c, int want)
 {
     const struct fuse_ctx *ctx = fuse_req_ctx(req);
+    /* Supplementary groups cost a read of /proc per request: skip it when
+     * the uid and primary gid already allow, unless the group bits are
+     * narrower than the others' (then membership can take rights away). */
+    unsigned gbits = (c->mode >> 3) & 7, obits = c->mode & 7;
+    if ((obits & ~gbits) == 0 && dbm_env_allows(c, ctx->uid, ctx->gid, NULL, 0, want))
+        return 1;
     gid_t groups[64];
     int n = fuse_req_getgroups(req, 64, groups);
-    if (n < 0 || n > 64)
-        n = 0;
+    if (n <= 0 || n > 64)
+        return 0;
     return dbm_env_allows(c, ctx->uid, ctx->gid, groups, (size_t)n, want);
 }
 
@@ -170,7 +176,8 @@ void dbm_fs_reply_entry(fuse_req_t req, fuse_ino_t ino, const struct stat *st, d
     e.ino = ino;
     e.attr = *st;
     e.attr_timeout = ttl;
-    e.entry_timeout = ttl > 0 ? ttl : TTL_DIR;
+    /* text files keep their names; snapshot names (latest) re-resolve */
+    e.entry_timeout = ttl > 0 || dbm_snapfs_is(ino) ? ttl : TTL_DIR;
     fuse_reply_entry(req, &e);
 }
 
@@ -750,8 +757,16 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
     fuse_reply_statfs(req, &sv);
 }
 
+static void op_destroy(void *userdata)
+{
+    (void)userdata;
+    /* the kernel does not forget every inode at unmount: let the snapshots go */
+    dbm_snapfs_cleanup();
+}
+
 static const struct fuse_lowlevel_ops ops = {
     .init = op_init_ready,
+    .destroy = op_destroy,
     .lookup = op_lookup,
     .forget = op_forget,
     .forget_multi = op_forget_multi,

@@ -73,5 +73,7 @@ int dbm_snapfs_list(struct dbm_daemon *d, struct dbm_env *e, fuse_ino_t ino, siz
 void dbm_snapfs_open(fuse_req_t req, struct dbm_daemon *d, fuse_ino_t ino, struct fuse_file_info *fi);
 void dbm_snapfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
 void dbm_snapfs_release(fuse_ino_t ino, struct fuse_file_info *fi);
+/* At unmount: drops every snapshot the table holds. */
+void dbm_snapfs_cleanup(void);
 
 #endif

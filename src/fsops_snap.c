@@ -419,6 +419,13 @@ static void open_export(fuse_req_t req, struct dbm_daemon *d, fuse_ino_t ino, st
     fi->fh = (uintptr_t)h;
     /* reads come to us whatever stat said (an upper bound until produced) */
     fi->direct_io = 1;
+    /* While it is produced, the size the kernel holds is only a bound, and
+     * sendfile/splice read through the page cache up to it (zero padding).
+     * A non-seekable open makes sendfile fail at once (ESPIPE), so copiers
+     * such as Python's shutil fall back to plain reads, which stream whole. */
+    uint64_t size;
+    if (!dbm_export_size(e, &size, NULL))
+        fi->nonseekable = 1;
     fuse_reply_open(req, fi);
 }
 
@@ -469,4 +476,18 @@ void dbm_snapfs_release(fuse_ino_t ino, struct fuse_file_info *fi)
         dbm_export_put(h->e);
         free(h);
     }
+}
+
+void dbm_snapfs_cleanup(void)
+{
+    pthread_mutex_lock(&sn_mu);
+    struct snapent *t = tab;
+    size_t n = ntab;
+    tab = NULL;
+    ntab = 0;
+    pthread_mutex_unlock(&sn_mu);
+    for (size_t i = 0; i < n; i++)
+        if (t[i].used)
+            dbm_snapshot_put(t[i].snap);
+    free(t);
 }
