@@ -29,6 +29,9 @@ void dbm_text_readme(struct dbm_daemon *d, struct dbm_sbuf *b)
         "  <env>/db/<name>.db  live SQLite databases: open them with sqlite3 or any\n"
         "                      program linked with libsqlite3; every committed\n"
         "                      transaction is recorded by the backup engine\n"
+        "  <env>/snapshots/<instant>/db/<name>.db     read-only view at that instant\n"
+        "  <env>/snapshots/<instant>/export.bacpac    zstd tar export (+ .sha256)\n"
+        "      <instant>: latest, 20261120T103200Z or 2026-11-20T10:32:00Z\n"
         "\n"
         "Journal modes: DELETE, TRUNCATE, PERSIST, WAL (MEMORY and OFF are refused).\n"
         "Text files hold one 'key: value' per line. Full reference: fs-layout.md.\n",
