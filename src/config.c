@@ -47,6 +47,8 @@ const char dbm_config_default_text[] =
     "ops_limit = 3\n"
     "ops_window = 24h\n"
     "snapshot_cadence = 1h\n"
+    "# exports produced ahead for backup jobs, daily at these UTC times\n"
+    "# export_schedule = 00:00\n"
     "\n"
     "[env uat]\n"
     "type = sandbox\n"
@@ -70,7 +72,7 @@ const char *dbm_env_type_name(enum dbm_env_type t)
 
 #define ENV_KEYS                                                                           \
     "type, retention, owner, group, mode, readers, writers, operators, post_refresh_script, " \
-    "max_databases, max_db_size, ops_limit, ops_window, snapshot_cadence"
+    "max_databases, max_db_size, ops_limit, ops_window, snapshot_cadence, export_schedule"
 #define DAEMON_KEYS "log_level, export_cache_size, segment_size"
 
 struct parser {
@@ -114,6 +116,7 @@ static void env_free(struct dbm_env_conf *e)
     free(e->writers_text);
     free(e->operators_text);
     free(e->post_refresh_script);
+    free(e->export_schedule_text);
 }
 
 void dbm_config_free(struct dbm_config *c)
@@ -254,9 +257,55 @@ static int set_size(struct parser *p, const char *key, const char *val, uint64_t
     return 0;
 }
 
+static int u32_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* "00:00 12:30 18:00:05": daily UTC times at which exports are produced ahead. */
+static int set_schedule(struct parser *p, const char *val, struct dbm_env_conf *e)
+{
+    char *copy = strdup(val), *save = NULL;
+    if (!copy)
+        return perr(p, "out of memory");
+    int rc = 0;
+    for (char *tok = strtok_r(copy, " \t,", &save); tok; tok = strtok_r(NULL, " \t,", &save)) {
+        /* exactly HH:MM or HH:MM:SS */
+        size_t len = strlen(tok);
+        int shape = (len == 5 || len == 8) && tok[2] == ':' && (len == 5 || tok[5] == ':');
+        for (size_t k = 0; shape && k < len; k++)
+            shape = (k == 2 || k == 5) ? 1 : isdigit((unsigned char)tok[k]) != 0;
+        unsigned h = 0, m = 0, sec = 0;
+        if (shape) {
+            h = (unsigned)((tok[0] - '0') * 10 + tok[1] - '0');
+            m = (unsigned)((tok[3] - '0') * 10 + tok[4] - '0');
+            if (len == 8)
+                sec = (unsigned)((tok[6] - '0') * 10 + tok[7] - '0');
+        }
+        if (!shape || h > 23 || m > 59 || sec > 59) {
+            rc = perr(p, "export_schedule: '%s' is not a time; accepted: daily UTC times HH:MM or HH:MM:SS, "
+                         "separated by spaces (e.g. 00:00 12:00)", tok);
+            break;
+        }
+        if (e->nexport_at == sizeof e->export_at / sizeof e->export_at[0]) {
+            rc = perr(p, "export_schedule: too many times; accepted: at most 24");
+            break;
+        }
+        e->export_at[e->nexport_at++] = h * 3600 + m * 60 + sec;
+    }
+    free(copy);
+    if (rc == 0) {
+        qsort(e->export_at, e->nexport_at, sizeof e->export_at[0], u32_cmp);
+        if (!(e->export_schedule_text = strdup(val)))
+            rc = perr(p, "out of memory");
+    }
+    return rc;
+}
+
 static const char *const env_keys[] = { "type", "retention", "owner", "group", "mode", "readers", "writers",
                                         "operators", "post_refresh_script", "max_databases", "max_db_size",
-                                        "ops_limit", "ops_window", "snapshot_cadence", NULL };
+                                        "ops_limit", "ops_window", "snapshot_cadence", "export_schedule", NULL };
 
 static int env_set(struct parser *p, int k, const char *key, const char *val)
 {
@@ -306,6 +355,7 @@ static int env_set(struct parser *p, int k, const char *key, const char *val)
     case 11: return set_u32(p, key, val, 100000, &e->ops_limit);
     case 12: return set_duration(p, key, val, 60, 365ULL * 86400, &e->ops_window_sec);
     case 13: return set_duration(p, key, val, 60, 7ULL * 86400, &e->snapshot_cadence_sec);
+    case 14: return set_schedule(p, val, e);
     }
     return perr(p, "internal: key %d", k);
 }

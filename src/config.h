@@ -40,6 +40,9 @@ struct dbm_env_conf {
     uint32_t ops_limit;           /* operations started per ops_window */
     uint64_t ops_window_sec;
     uint64_t snapshot_cadence_sec; /* spacing of listed restore points */
+    uint32_t export_at[24];       /* daily export times, seconds after 00:00 UTC, sorted */
+    size_t nexport_at;
+    char *export_schedule_text;
     int line;                     /* where the section starts */
 };
 

@@ -13,6 +13,7 @@
 
 #include "catalog.h"
 #include "exports.h"
+#include "snapshot.h"
 #include "livedb.h"
 #include "log.h"
 #include "pagestore.h"
@@ -295,6 +296,8 @@ int dbm_daemon_reload(struct dbm_daemon *d)
     dbm_config_free(old);
     d->reloads++;
     dbm_notice("configuration reloaded from %s: %zu environments", path, cfg->nenvs);
+    if (d->maint_running)
+        dbm_daemon_wake_maintenance(d); /* schedules may have changed */
     return 0;
 }
 
@@ -335,6 +338,65 @@ void dbm_daemon_maintain(struct dbm_daemon *d)
         dbm_info("retention: freed %llu bytes of history", (unsigned long long)freed);
 }
 
+/* The latest scheduled instant at or before now, and the next one after. */
+static void schedule_bounds(const struct dbm_env_conf *c, uint64_t now, uint64_t *last, uint64_t *next)
+{
+    uint64_t day = now / (86400 * DBM_NS_PER_SEC) * 86400 * DBM_NS_PER_SEC;
+    *last = *next = 0;
+    for (int k = -1; k <= 1; k++) {
+        for (size_t i = 0; i < c->nexport_at; i++) {
+            uint64_t t = day + (uint64_t)((int64_t)k * 86400 + c->export_at[i]) * DBM_NS_PER_SEC;
+            if (t <= now && t > *last)
+                *last = t;
+            if (t > now && (*next == 0 || t < *next))
+                *next = t;
+        }
+    }
+}
+
+uint64_t dbm_daemon_scheduled_exports(struct dbm_daemon *d)
+{
+    uint64_t now = dbm_now_ns(), next_all = 0;
+    pthread_rwlock_rdlock(&d->cfg_lock);
+    for (int i = 0; i < d->nenvs; i++) {
+        struct dbm_env *e = d->envs[i];
+        if (!e->conf || !e->conf->nexport_at)
+            continue;
+        uint64_t last, next;
+        schedule_bounds(e->conf, now, &last, &next);
+        if (next && (next_all == 0 || next < next_all))
+            next_all = next;
+        if (!last || last <= e->export_done_ns)
+            continue;
+        struct dbm_snapshot *s = NULL;
+        struct dbm_export *x = NULL;
+        char ts[DBM_TS_COMPACT_LEN + 1];
+        dbm_ts_compact(last, ts);
+        int rc = dbm_snapshot_resolve(d->cat, d->store, e->name, dbm_env_type_name(e->conf->type), last, &s);
+        if (rc == 0)
+            rc = dbm_export_get(d->exports, s, &x);
+        if (rc == 0)
+            rc = dbm_export_wait(x); /* a cached export returns at once */
+        dbm_export_put(x);
+        dbm_snapshot_put(s);
+        if (rc == 0) {
+            e->export_done_ns = last;
+            dbm_info("%s: scheduled export of %s ready in the cache (snapshots/%s/export.bacpac)", e->name, ts, ts);
+        } else {
+            dbm_err("%s: scheduled export of %s failed: %s; retried at the next check", e->name, ts, strerror(-rc));
+        }
+    }
+    pthread_rwlock_unlock(&d->cfg_lock);
+    return next_all;
+}
+
+void dbm_daemon_wake_maintenance(struct dbm_daemon *d)
+{
+    pthread_mutex_lock(&d->maint_mu);
+    pthread_cond_signal(&d->maint_cv);
+    pthread_mutex_unlock(&d->maint_mu);
+}
+
 struct maint_arg {
     struct dbm_daemon *d;
     unsigned interval;
@@ -346,16 +408,22 @@ static void *maint_main(void *arg)
     unsigned interval = ((struct maint_arg *)arg)->interval;
     free(arg);
     dbm_daemon_maintain(d); /* in this thread: start-up never waits for it */
+    uint64_t next_export = dbm_daemon_scheduled_exports(d);
+    uint64_t next_maint = dbm_now_ns() + (uint64_t)interval * DBM_NS_PER_SEC;
     pthread_mutex_lock(&d->maint_mu);
     while (!d->maint_stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += interval;
+        /* sleep until the next retention pass or scheduled export, or a wake-up (reload) */
+        uint64_t until = next_export && next_export < next_maint ? next_export : next_maint;
+        struct timespec ts = { .tv_sec = (time_t)(until / DBM_NS_PER_SEC), .tv_nsec = (long)(until % DBM_NS_PER_SEC) };
         pthread_cond_timedwait(&d->maint_cv, &d->maint_mu, &ts);
         if (d->maint_stop)
             break;
         pthread_mutex_unlock(&d->maint_mu);
-        dbm_daemon_maintain(d);
+        if (dbm_now_ns() >= next_maint) {
+            dbm_daemon_maintain(d);
+            next_maint = dbm_now_ns() + (uint64_t)interval * DBM_NS_PER_SEC;
+        }
+        next_export = dbm_daemon_scheduled_exports(d);
         pthread_mutex_lock(&d->maint_mu);
     }
     pthread_mutex_unlock(&d->maint_mu);

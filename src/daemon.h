@@ -29,6 +29,7 @@ struct dbm_env {
     uint64_t created_ns;              /* timestamps shown by ls -l */
     _Atomic uint64_t changed_ns;
     struct dbm_livedb *live;          /* the db/ directory (livedb.h) */
+    uint64_t export_done_ns;          /* last scheduled export produced (maintenance thread only) */
 };
 
 struct dbm_daemon {
@@ -74,7 +75,14 @@ int dbm_daemon_reload(struct dbm_daemon *d);
  * store keeps the newest state and what branches need) and the history of
  * removed databases once their removal has left the window. */
 void dbm_daemon_maintain(struct dbm_daemon *d);
-/* Runs dbm_daemon_maintain every interval_sec in a thread until close. */
+/* Produces the exports the schedules call for (the latest scheduled instant
+ * of each environment not yet produced). Returns the next scheduled instant
+ * over all environments (0 if none). */
+uint64_t dbm_daemon_scheduled_exports(struct dbm_daemon *d);
+/* Wakes the maintenance thread (after a reload) so it plans again. */
+void dbm_daemon_wake_maintenance(struct dbm_daemon *d);
+/* Runs dbm_daemon_maintain every interval_sec, and scheduled exports when
+ * due, in a thread until close. */
 int dbm_daemon_start_maintenance(struct dbm_daemon *d, unsigned interval_sec);
 
 /* The environment runtime by name or by index, visible (declared in the

@@ -127,6 +127,7 @@ void dbm_text_env_info(struct dbm_daemon *d, struct dbm_env *e, struct dbm_sbuf 
     dbm_sbuf_kv(b, "ops_window", "%s", dur);
     dbm_duration_format(c->snapshot_cadence_sec, dur, sizeof dur);
     dbm_sbuf_kv(b, "snapshot_cadence", "%s", dur);
+    dbm_sbuf_kv(b, "export_schedule", "%s", c->export_schedule_text ? c->export_schedule_text : "-");
     dbm_sbuf_kv(b, "databases", "%zu", dbm_livedb_count(e->live));
     dbm_livedb_report(e->live, b);
 }

@@ -294,3 +294,30 @@ def test_cache_is_bounded_lru(new_mount, tmpbase):
     assert 1 <= len(files) < 5
     assert "export cache: evicted" in m.read_log()
     assert conf is None or conf
+
+
+def test_scheduled_export_is_produced_ahead(new_mount):
+    m = new_mount()
+    run("sqlite3", m.p("uat", "db", "s.db"), "CREATE TABLE t(i); INSERT INTO t VALUES (1);")
+    conf = os.path.join(m.state, "dbmovefs.conf")
+    at = time.time_ns() + 3 * 10**9
+    hhmmss = datetime.datetime.fromtimestamp(at // 10**9, datetime.timezone.utc).strftime("%H:%M:%S")
+    text = open(conf).read().replace("[env uat]\ntype = sandbox\n",
+                                     f"[env uat]\ntype = sandbox\nexport_schedule = 23:59 {hhmmss}\n")
+    open(conf, "w").write(text)
+    os.kill(m.proc.pid, __import__("signal").SIGHUP)
+    wait_for(lambda: kv(open(m.p("uat", "info")).read())["export_schedule"] == f"23:59 {hhmmss}", what="reload")
+    wait_for(lambda: "scheduled export of " + compact(at) in m.read_log(), timeout=30, what="scheduled export")
+    # it is in the cache: stat is exact at once, and reading it produces nothing new
+    path = m.p("uat", "snapshots", compact(at), "export.bacpac")
+    produced = kv(open(m.p("status")).read())["exports_produced"]
+    size = os.stat(path).st_size
+    data = open(path, "rb").read()
+    assert len(data) == size
+    assert kv(open(m.p("status")).read())["exports_produced"] == produced
+    run("zstd", "-t", path)
+    # a bad schedule is refused with its line
+    open(conf, "w").write(text.replace(f"export_schedule = 23:59 {hhmmss}", "export_schedule = 25:00"))
+    m.expect_error("reload refused")
+    os.kill(m.proc.pid, __import__("signal").SIGHUP)
+    wait_for(lambda: "export_schedule: '25:00' is not a time" in m.read_log(), what="refused reload")
