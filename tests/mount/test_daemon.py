@@ -29,6 +29,9 @@ def test_init_creates_commented_config_and_refuses_overwrite(tmpbase):
     assert "[env uat]" in conf and "type = sandbox" in conf
     assert "[env dev]" in conf and "type = devtest" in conf
     assert conf.count("#") > 10  # commented
+    sample = os.path.join(os.path.dirname(BIN), "..", "..", "contrib", "dbmovefs.conf.sample")
+    if os.path.exists(sample):  # contrib's sample is what --init writes
+        assert open(sample).read() == conf
     p = run(BIN, "--init", state, check=False)
     assert p.returncode != 0
     assert "refusing to overwrite" in p.stderr

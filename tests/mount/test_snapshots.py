@@ -321,3 +321,17 @@ def test_scheduled_export_is_produced_ahead(new_mount):
     m.expect_error("reload refused")
     os.kill(m.proc.pid, __import__("signal").SIGHUP)
     wait_for(lambda: "export_schedule: '25:00' is not a time" in m.read_log(), what="refused reload")
+
+
+def test_restic_backs_up_an_export_being_produced(new_mount, tmpbase):
+    m = new_mount()
+    make_history(m, 1500)
+    src = m.p("prod", "snapshots", rfc3339(time.time_ns()), "export.bacpac")
+    env = dict(os.environ, RESTIC_PASSWORD="test", RESTIC_REPOSITORY=os.path.join(tmpbase, "repo"),
+               RESTIC_CACHE_DIR=os.path.join(tmpbase, "rcache"))
+    run("restic", "init", env=env)
+    run("restic", "backup", src, env=env, timeout=300)
+    run("restic", "restore", "latest", "--target", os.path.join(tmpbase, "restored"), env=env, timeout=300)
+    restored = os.path.join(tmpbase, "restored") + src
+    assert sha(restored) == sha(src)
+    run("zstd", "-t", restored)
