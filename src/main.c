@@ -231,7 +231,8 @@ int main(int argc, char *argv[])
     } else {
         struct fuse_loop_config *lc = fuse_loop_cfg_create();
         fuse_loop_cfg_set_clone_fd(lc, opts.clone_fd);
-        fuse_loop_cfg_set_idle_threads(lc, opts.max_idle_threads);
+        if (opts.max_idle_threads != UINT_MAX) /* unset is -1: keep libfuse's default */
+            fuse_loop_cfg_set_idle_threads(lc, opts.max_idle_threads);
         /* -o max_threads=N wins; unset, libfuse's default of 10 is raised to 16 so
          * a blocked lock waiter never starves the loop */
         unsigned mt = opts.max_threads;
