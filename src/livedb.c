@@ -622,15 +622,24 @@ int dbm_livedb_setlk(struct dbm_dbhandle *h, uint64_t owner, const struct flock 
     return rc;
 }
 
+/* A copy of the bases array (bases live until close), to walk without l->mu.
+ * NULL on allocation failure. The caller frees it. */
+static struct base **bases_copy(struct dbm_livedb *l, size_t *n)
+{
+    pthread_mutex_lock(&l->mu);
+    *n = l->nbases;
+    struct base **v = malloc((*n + 1) * sizeof *v);
+    if (v && *n)
+        memcpy(v, l->bases, *n * sizeof *v);
+    pthread_mutex_unlock(&l->mu);
+    return v;
+}
+
 uint64_t dbm_livedb_gc(struct dbm_livedb *l, uint64_t horizon_ns)
 {
     uint64_t freed = 0;
-    pthread_mutex_lock(&l->mu);
-    size_t n = l->nbases;
-    struct base **v = malloc((n + 1) * sizeof *v);
-    if (v)
-        memcpy(v, l->bases, n * sizeof *v);
-    pthread_mutex_unlock(&l->mu);
+    size_t n;
+    struct base **v = bases_copy(l, &n);
     for (size_t i = 0; v && i < n; i++) {
         struct dbm_timeline *tl = NULL;
         struct dbm_tl_stat st;
@@ -667,12 +676,8 @@ static const char *const jmode_names[] = { "unknown", "delete", "truncate", "per
 
 void dbm_livedb_report(struct dbm_livedb *l, struct dbm_sbuf *sb)
 {
-    pthread_mutex_lock(&l->mu);
-    size_t n = l->nbases;
-    struct base **v = malloc((n + 1) * sizeof *v);
-    if (v)
-        memcpy(v, l->bases, n * sizeof *v);
-    pthread_mutex_unlock(&l->mu);
+    size_t n;
+    struct base **v = bases_copy(l, &n);
     if (!v)
         return;
     for (size_t i = 0; i < n; i++) {
