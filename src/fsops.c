@@ -639,11 +639,20 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
         return;
     }
     if (is_text(ino) || ino_kind(ino) == K_SNAPSHA) {
+        /* Reply from a copy: once the kernel has the data the reader may
+         * close, and another thread's RELEASE frees the handle while this
+         * reply is still being sent. */
         struct textfh *t = (struct textfh *)(uintptr_t)fi->fh;
-        if ((uint64_t)off >= t->len)
-            fuse_reply_buf(req, NULL, 0);
-        else
-            fuse_reply_buf(req, t->data + off, (size_t)off + size > t->len ? t->len - (size_t)off : size);
+        size_t n = (uint64_t)off >= t->len ? 0 : (size_t)off + size > t->len ? t->len - (size_t)off : size;
+        char *copy = malloc(n ? n : 1);
+        if (!copy) {
+            fuse_reply_err(req, ENOMEM);
+            return;
+        }
+        if (n)
+            memcpy(copy, t->data + off, n);
+        fuse_reply_buf(req, copy, n);
+        free(copy);
         return;
     }
     struct dbm_dbhandle *h = (struct dbm_dbhandle *)(uintptr_t)fi->fh;

@@ -117,6 +117,8 @@ class Mount:
                 bad.append(line)
             elif "[error]" in line and not any(re.search(e, line) for e in self.expected_errors):
                 bad.append(line)
+        if bad and any("Sanitizer" in b or "runtime error" in b for b in bad):
+            print(self.read_log())  # the whole report, stacks included
         assert not bad, "unexpected lines in the daemon log:\n" + "\n".join(bad)
 
     def expect_error(self, pattern):
