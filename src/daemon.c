@@ -292,9 +292,9 @@ int dbm_daemon_reload(struct dbm_daemon *d)
     d->cfg = cfg;
     dbm_log_set_level((enum dbm_log_level)cfg->log_level);
     dbm_exports_set_bound(d->exports, cfg->export_cache_bytes);
+    d->reloads++; /* with the swap: whoever sees the new config sees it counted */
     pthread_rwlock_unlock(&d->cfg_lock);
     dbm_config_free(old);
-    d->reloads++;
     dbm_notice("configuration reloaded from %s: %zu environments", path, cfg->nenvs);
     if (d->maint_running)
         dbm_daemon_wake_maintenance(d); /* schedules may have changed */
