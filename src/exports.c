@@ -432,6 +432,16 @@ ssize_t dbm_export_read(struct dbm_export *e, void *buf, size_t size, off_t off)
     return n;
 }
 
+int dbm_export_file(struct dbm_export *e, int *fd, uint64_t *size)
+{
+    pthread_mutex_lock(&e->mu);
+    int done = e->done;
+    *fd = e->fd;
+    *size = e->size;
+    pthread_mutex_unlock(&e->mu);
+    return done;
+}
+
 int dbm_export_wait(struct dbm_export *e)
 {
     pthread_mutex_lock(&e->mu);

@@ -36,6 +36,9 @@ void dbm_export_put(struct dbm_export *e); /* accepts NULL */
  * (short only at the end of the export). Returns the count, 0 at the end,
  * or the production's -errno. */
 ssize_t dbm_export_read(struct dbm_export *e, void *buf, size_t size, off_t off);
+/* If the export is complete: 1, its cached file's descriptor (valid while
+ * the caller holds its reference) and its size; 0 otherwise. */
+int dbm_export_file(struct dbm_export *e, int *fd, uint64_t *size);
 /* Waits for the production to finish. 0, or its -errno. */
 int dbm_export_wait(struct dbm_export *e);
 /* 1 with the exact size (and sha256 hex, 65 bytes, may be NULL) if

@@ -445,6 +445,21 @@ void dbm_snapfs_open(fuse_req_t req, struct dbm_daemon *d, fuse_ino_t ino, struc
 
 void dbm_snapfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
+    if (ino_kind(ino) == K_SNAPEXP) {
+        /* a produced export is an immutable file: splice from it, no copy */
+        struct expfh *h = (struct expfh *)(uintptr_t)fi->fh;
+        int fd;
+        uint64_t total;
+        if (dbm_export_file(h->e, &fd, &total)) {
+            size_t n = (uint64_t)off >= total ? 0 : (uint64_t)off + size > total ? (size_t)(total - (uint64_t)off) : size;
+            struct fuse_bufvec bv = FUSE_BUFVEC_INIT(n);
+            bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+            bv.buf[0].fd = fd;
+            bv.buf[0].pos = off;
+            fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+            return;
+        }
+    }
     char *buf = malloc(size ? size : 1);
     if (!buf) {
         fuse_reply_err(req, ENOMEM);
