@@ -15,12 +15,29 @@
  *                                  u64 timeline id, u64 first_txid, 28 reserved,
  *                                  u32 crc of the 60 bytes before it
  *         records, back to back    header (48 B): u32 magic "DBMR", u8 version,
- *                                  3 reserved, u64 txid, u64 commit_ns,
+ *                                  u8 kind, 2 reserved, u64 txid, u64 commit_ns,
  *                                  u32 db_pages, u32 npages, u64 rec_len,
  *                                  u32 ent_crc (of the entries), u32 hdr_crc
  *                                  (of the 44 bytes before it); then npages
  *                                  entries {u32 pgno, u32 page_crc}; then the
  *                                  npages pages in entry order.
+ *           version 1, kind 0      a whole transaction (the only record of
+ *                                  stores written before streaming existed)
+ *           version 2, kind 1      a part of a streamed transaction: as
+ *                                  above, but commit_ns holds the part's
+ *                                  sequence number (0, 1, ...), db_pages is 0,
+ *                                  and it is at most 1 MiB (or one page)
+ *           version 2, kind 2      the commit of the parts just before it:
+ *                                  commit_ns and db_pages as for a whole one,
+ *                                  npages = its distinct pages, rec_len 64,
+ *                                  then {u64 offset of part 0, u32 nparts,
+ *                                  u32 0} with ent_crc over those 16 bytes
+ *         A streamed transaction is parts with consecutive sequence numbers
+ *         and its txid, then its commit; nothing else comes between them, and
+ *         all are in one segment (which may grow past segment_bytes for it).
+ *         A page repeated in its parts counts once, the last part's copy
+ *         (the indexes hold only that one). Parts without their commit are a
+ *         torn tail: recovery cuts the log at part 0.
  *         page_crc = crc32c(u32 pgno . u64 txid . page bytes)
  *         The active (last) segment is preallocated (fallocate, then zeroed a
  *         chunk ahead of the tail): a header of 48 zero bytes is its clean end.
@@ -151,6 +168,15 @@ struct dbm_timeline {
     uint64_t first_txid, last_txid, last_ns, bad_txid, commits;
     uint32_t db_pages;
     uint64_t since_image;        /* log bytes since the newest image */
+    struct dbm_tl_txn *txn;      /* the open streamed transaction; under append_lock */
+};
+
+struct dbm_tl_txn {
+    struct dbm_timeline *t;
+    struct pgs_seg *g;           /* the segment it stays in */
+    uint64_t txid;
+    int err;                     /* nonzero: failed, the log already cut back */
+    struct pgs_pending p;        /* under t->append_lock */
 };
 
 static int tl_get_locked(struct dbm_store *s, uint64_t id, struct dbm_timeline **out);
@@ -507,6 +533,8 @@ static void tl_free(struct dbm_timeline *t)
 {
     if (!t)
         return;
+    if (t->txn)
+        dbm_err("pagestore: %s: closed with a streamed transaction open; it is left uncommitted", t->dir);
     for (size_t i = 0; i < t->nseg; i++)
         dbm_pgs_seg_free(t->segs[i]);
     for (size_t i = 0; i < t->nimg; i++) {
@@ -1271,21 +1299,67 @@ static uint64_t tl_image_interval(const struct dbm_timeline *t)
     return db > DEFAULT_IMAGE ? db : DEFAULT_IMAGE;
 }
 
-int dbm_tl_append(struct dbm_timeline *t, uint64_t commit_ns, uint32_t db_pages,
-                  const struct dbm_page_write *pages, size_t n, uint64_t *txid_out)
+static int pages_valid(const struct dbm_page_write *pages, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         if (pages[i].pgno == 0 || !pages[i].data)
-            return -EINVAL;
+            return 0;
+    return 1;
+}
+
+static uint64_t tl_clamp_ns(struct dbm_timeline *t, uint64_t commit_ns)
+{
+    if (commit_ns >= t->last_ns)
+        return commit_ns;
+    dbm_warn("pagestore: %s: commit time went backwards by %" PRIu64 " ns; clamped", t->dir,
+             t->last_ns - commit_ns);
+    return t->last_ns;
+}
+
+/* The timeline's side of a publication (tl->rw write-locked): returns
+ * whether an image is due. */
+static int tl_committed(struct dbm_timeline *t, uint64_t txid, uint64_t commit_ns, uint32_t db_pages,
+                        uint64_t len)
+{
+    t->last_txid = txid;
+    t->last_ns = commit_ns;
+    t->db_pages = db_pages;
+    t->commits++;
+    if (!t->parent_id && t->first_txid == 0)
+        t->first_txid = 1;
+    t->since_image += len;
+    return t->since_image >= tl_image_interval(t);
+}
+
+static int tl_append_streamed(struct dbm_timeline *t, uint64_t commit_ns, uint32_t db_pages,
+                              const struct dbm_page_write *pages, size_t n, uint64_t *txid_out)
+{
+    struct dbm_tl_txn *x;
+    int rc = dbm_tl_txn_begin(t, &x);
+    if (!rc)
+        rc = dbm_tl_txn_add(x, pages, n);
+    if (rc) {
+        dbm_tl_txn_abort(x);
+        return rc;
+    }
+    return dbm_tl_txn_commit(x, commit_ns, db_pages, txid_out);
+}
+
+int dbm_tl_append(struct dbm_timeline *t, uint64_t commit_ns, uint32_t db_pages,
+                  const struct dbm_page_write *pages, size_t n, uint64_t *txid_out)
+{
+    if (!pages_valid(pages, n))
+        return -EINVAL;
+    /* A large transaction goes out in parts, so that no record-sized buffer
+     * is needed; a small one stays one record and one write. */
+    if (n > 1 && n * (sizeof(struct pgs_rec_ent) + t->page_size) > PGS_PART_BYTES)
+        return tl_append_streamed(t, commit_ns, db_pages, pages, n, txid_out);
     pthread_mutex_lock(&t->append_lock);
     struct pgs_seg *g;
     uint64_t txid = t->last_txid + 1, len;
-    int rc = t->bad_txid ? -EIO : 0;
-    if (!rc && commit_ns < t->last_ns) {
-        dbm_warn("pagestore: %s: commit time went backwards by %" PRIu64 " ns; clamped", t->dir,
-                 t->last_ns - commit_ns);
-        commit_ns = t->last_ns;
-    }
+    int rc = t->bad_txid ? -EIO : t->txn ? -EBUSY : 0;
+    if (!rc)
+        commit_ns = tl_clamp_ns(t, commit_ns);
     if (!rc)
         rc = tl_active(t, sizeof(struct pgs_rec_hdr) + n * (sizeof(struct pgs_rec_ent) + t->page_size), &g);
     if (!rc) {
@@ -1301,14 +1375,7 @@ int dbm_tl_append(struct dbm_timeline *t, uint64_t commit_ns, uint32_t db_pages,
     }
     pthread_rwlock_wrlock(&t->rw);
     dbm_pgs_seg_publish(g);
-    t->last_txid = txid;
-    t->last_ns = commit_ns;
-    t->db_pages = db_pages;
-    t->commits++;
-    if (!t->parent_id && t->first_txid == 0)
-        t->first_txid = 1;
-    t->since_image += len;
-    int want_image = t->since_image >= tl_image_interval(t);
+    int want_image = tl_committed(t, txid, commit_ns, db_pages, len);
     pthread_rwlock_unlock(&t->rw);
     if (want_image)
         tl_image_at(t, txid); /* logs its failure; the commit is durable anyway */
@@ -1316,6 +1383,123 @@ int dbm_tl_append(struct dbm_timeline *t, uint64_t commit_ns, uint32_t db_pages,
     if (txid_out)
         *txid_out = txid;
     return 0;
+}
+
+/* ---- streamed transactions ----
+ *
+ * The parts go into the active segment past its end, where readers do not
+ * look, and their page versions into x->p; the commit record makes them one
+ * transaction (recovery cuts parts without it), and publication adds x->p to
+ * the segment's index under the write lock. The transaction stays in the
+ * segment where it began, however large: the segment is sealed at the next
+ * append or begin. */
+
+int dbm_tl_txn_begin(struct dbm_timeline *t, struct dbm_tl_txn **out)
+{
+    struct dbm_tl_txn *x = calloc(1, sizeof *x);
+    if (!x)
+        return -ENOMEM;
+    pthread_mutex_lock(&t->append_lock);
+    int rc = t->bad_txid ? -EIO : t->txn ? -EBUSY : 0;
+    if (!rc)
+        rc = tl_active(t, PGS_COMMIT_LEN, &x->g);
+    if (!rc) {
+        x->t = t;
+        x->txid = t->last_txid + 1;
+        dbm_pgs_pend_init(&x->p, x->g->end);
+        t->txn = x;
+    }
+    pthread_mutex_unlock(&t->append_lock);
+    if (rc) {
+        free(x);
+        return rc;
+    }
+    *out = x;
+    return 0;
+}
+
+/* Fails x with rc: cuts the log back to where x began (always after a failed
+ * write, which may have left bytes even where no part was counted; on abort
+ * only if a part was written). append_lock held. */
+static void txn_fail(struct dbm_tl_txn *x, int rc, int failed_write)
+{
+    if (failed_write || x->p.off > x->g->end)
+        dbm_pgs_seg_cut(x->g);
+    dbm_pgs_pend_free(&x->p);
+    dbm_pgs_pend_init(&x->p, x->g->end);
+    x->err = rc;
+}
+
+int dbm_tl_txn_add(struct dbm_tl_txn *x, const struct dbm_page_write *pages, size_t n)
+{
+    if (!pages_valid(pages, n))
+        return -EINVAL;
+    struct dbm_timeline *t = x->t;
+    pthread_mutex_lock(&t->append_lock);
+    int rc = x->err;
+    if (!rc) {
+        rc = dbm_pgs_seg_write_parts(x->g, &x->p, x->txid, pages, n, t->s->segment_bytes);
+        if (rc)
+            txn_fail(x, rc, 1);
+    }
+    pthread_mutex_unlock(&t->append_lock);
+    return rc;
+}
+
+/* Ends x (append_lock held): clears it from t and frees it. */
+static void txn_end(struct dbm_tl_txn *x)
+{
+    x->t->txn = NULL;
+    dbm_pgs_pend_free(&x->p);
+    free(x);
+}
+
+int dbm_tl_txn_commit(struct dbm_tl_txn *x, uint64_t commit_ns, uint32_t db_pages, uint64_t *txid_out)
+{
+    struct dbm_timeline *t = x->t;
+    struct pgs_seg *g = x->g;
+    uint64_t txid = x->txid;
+    pthread_mutex_lock(&t->append_lock);
+    int rc = x->err;
+    commit_ns = tl_clamp_ns(t, commit_ns);
+    if (!rc) {
+        pthread_rwlock_wrlock(&t->rw);
+        rc = dbm_pgs_seg_reserve(g, x->p.n);
+        pthread_rwlock_unlock(&t->rw);
+    }
+    if (!rc)
+        rc = dbm_pgs_seg_write_commit(g, &x->p, txid, commit_ns, db_pages, t->s->segment_bytes);
+    if (rc) {
+        if (!x->err)
+            txn_fail(x, rc, 1);
+        txn_end(x);
+        pthread_mutex_unlock(&t->append_lock);
+        return rc;
+    }
+    uint64_t len = x->p.off - g->end;
+    pthread_rwlock_wrlock(&t->rw);
+    dbm_pgs_seg_publish_pending(g, &x->p, txid, commit_ns, db_pages);
+    int want_image = tl_committed(t, txid, commit_ns, db_pages, len);
+    pthread_rwlock_unlock(&t->rw);
+    txn_end(x);
+    if (want_image)
+        tl_image_at(t, txid); /* logs its failure; the commit is durable anyway */
+    pthread_mutex_unlock(&t->append_lock);
+    if (txid_out)
+        *txid_out = txid;
+    return 0;
+}
+
+void dbm_tl_txn_abort(struct dbm_tl_txn *x)
+{
+    if (!x)
+        return;
+    struct dbm_timeline *t = x->t;
+    pthread_mutex_lock(&t->append_lock);
+    if (!x->err)
+        txn_fail(x, -ECANCELED, 0);
+    txn_end(x);
+    pthread_mutex_unlock(&t->append_lock);
 }
 
 /* ---- retention ---- */

@@ -68,9 +68,48 @@ struct dbm_page_write {
  * it are dropped from the view at this txid. Pages are borrowed. A page
  * number may appear once. commit_ns must be >= the previous commit's.
  * *txid_out (may be NULL) gets the new txid. -ENOSPC/-EIO leave the log as it
- * was before the call (the partial record is cut off). */
+ * was before the call (the partial record is cut off). -EBUSY while a streamed
+ * transaction is open. Past 1 MiB of pages it is streamed internally (so it
+ * needs no copy of the transaction); the caller still holds all the pages:
+ * for a transaction of unbounded size, use dbm_tl_txn_*. */
 int dbm_tl_append(struct dbm_timeline *t, uint64_t commit_ns, uint32_t db_pages,
                   const struct dbm_page_write *pages, size_t n, uint64_t *txid_out);
+
+/* Streamed transactions: a transaction of any size, written as it comes, with
+ * memory bounded by the caller's batch (plus about 32 bytes per distinct
+ * page) instead of by the transaction. Readers see none of it before the
+ * commit; a crash before the commit leaves a torn tail that the next open
+ * cuts. A streamed transaction stays in the log segment where it began even
+ * past segment_bytes; that segment is sealed at the next append. One at a
+ * time per timeline: while it is open, dbm_tl_append and another begin return
+ * -EBUSY (the caller serialises them anyway). Commit or abort it before
+ * dbm_tl_close. Images and retention may run meanwhile. */
+struct dbm_tl_txn;
+
+/* Starts a transaction on t, whose txid will be the next one. *out is new:
+ * it is freed by dbm_tl_txn_commit or dbm_tl_txn_abort. 0, -EBUSY (one is
+ * open), -EIO (the log is damaged, as for appends) or -errno. */
+int dbm_tl_txn_begin(struct dbm_timeline *t, struct dbm_tl_txn **out);
+
+/* Writes n pages now (not yet fdatasync'd). Borrows pages for the call. A
+ * page number added again later in the same transaction (or twice in one
+ * call) replaces the earlier one: the last wins. Each call writes at least one
+ * record: pass batches (say 1 MiB) rather than single pages. 0, -EINVAL (a
+ * pgno 0 or NULL data: nothing written, the transaction goes on), or -errno
+ * (-ENOSPC, -EIO...): the transaction has then failed, its pages are cut off
+ * the log, and only abort (or a commit, which returns the same error) is
+ * left. */
+int dbm_tl_txn_add(struct dbm_tl_txn *x, const struct dbm_page_write *pages, size_t n);
+
+/* Makes x durable (fdatasync) and visible to readers, then frees it.
+ * db_pages is the database size after it: pages added beyond it are dropped
+ * from the view at this txid. commit_ns as in dbm_tl_append. *txid_out (may
+ * be NULL) gets its txid. On failure nothing is recorded, the log is cut back
+ * to where x began, x is freed, and later appends work. */
+int dbm_tl_txn_commit(struct dbm_tl_txn *x, uint64_t commit_ns, uint32_t db_pages, uint64_t *txid_out);
+
+/* Discards x: nothing is recorded, the log is cut back; frees x. Accepts NULL. */
+void dbm_tl_txn_abort(struct dbm_tl_txn *x);
 
 /* Reads page pgno as of txid into buf (page_size bytes). Pages past the
  * database size at that txid, or never written, read as zeros and return 1;

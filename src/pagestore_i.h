@@ -26,6 +26,14 @@
 #define PGS_META_MAGIC 0x31304d4c544d4244ull /* "DBMTLM01" */
 #define PGS_REC_MAGIC 0x524d4244u            /* "DBMR" */
 #define PGS_VERSION 1
+/* Record versions: 1 is a whole transaction (kind 0); 2 is a piece of a
+ * streamed transaction (kind PART or COMMIT), which a version-1 reader
+ * refuses rather than mistakes for a whole transaction. */
+#define PGS_REC_WHOLE 1
+#define PGS_REC_STREAM 2
+#define PGS_KIND_PART 1
+#define PGS_KIND_COMMIT 2
+#define PGS_PART_BYTES (1u << 20) /* a part record holds at most this much (or one page) */
 
 /* Log segment file header, at offset 0; records start at PGS_SEG_HDR. */
 struct pgs_seg_hdr {
@@ -37,10 +45,14 @@ struct pgs_seg_hdr {
 };
 #define PGS_SEG_HDR 64
 
-/* Record header; followed by npages pgs_rec_ent, then the pages in that order. */
+/* Record header; followed by npages pgs_rec_ent, then the pages in that order
+ * (a whole transaction or a part), or by a pgs_commit_body (a commit). A part
+ * carries its sequence number in the transaction (0, 1, ...) in commit_ns and
+ * 0 in db_pages; a commit carries in npages the count of distinct pages of
+ * its parts. */
 struct pgs_rec_hdr {
     uint32_t magic;
-    uint8_t version, reserved0[3];
+    uint8_t version, kind, reserved0[2];
     uint64_t txid, commit_ns;
     uint32_t db_pages, npages;
     uint64_t rec_len;  /* header + entries + pages */
@@ -50,6 +62,13 @@ struct pgs_rec_hdr {
 struct pgs_rec_ent {
     uint32_t pgno, crc; /* crc: pgs_page_crc() */
 };
+
+/* Body of a commit record (ent_crc covers it). */
+struct pgs_commit_body {
+    uint64_t first_off; /* offset of part 0 (of the commit itself if no part) */
+    uint32_t nparts, reserved;
+};
+#define PGS_COMMIT_LEN (sizeof(struct pgs_rec_hdr) + sizeof(struct pgs_commit_body))
 
 /* One transaction: the on-disk idx layout and the in-RAM one. */
 struct pgs_txn {
@@ -112,6 +131,23 @@ struct pgs_seg {
     uint64_t alloc_end, zero_end;
 };
 
+/* A streamed transaction being written (or read back by recovery): its
+ * parts so far and, per distinct page, the newest version (last wins). Owned
+ * by its appender; readers never see it. */
+struct pgs_pent {
+    uint32_t pgno, crc;
+    uint64_t data_off, rec_off;
+};
+struct pgs_pending {
+    uint64_t first_off;  /* where part 0 is (or goes) */
+    uint64_t off;        /* where the next record goes */
+    uint32_t nparts;
+    struct pgs_pent *ents;
+    size_t n, cap;
+    uint32_t *hash;      /* pgno -> ents index, open addressing */
+    size_t hcap;
+};
+
 /* Result of recovering an active segment. */
 struct pgs_recovery {
     uint64_t bad_txid;  /* nonzero: a record mid-log is unreadable from this txid on */
@@ -143,6 +179,23 @@ int dbm_pgs_seg_reserve(struct pgs_seg *g, size_t n);
 int dbm_pgs_seg_write(struct pgs_seg *g, uint64_t txid, uint64_t commit_ns, uint32_t db_pages,
                       const struct dbm_page_write *pages, size_t n, uint64_t prealloc, uint64_t *rec_len);
 void dbm_pgs_seg_publish(struct pgs_seg *g);
+
+/* Streamed append. pend_init starts at off (the segment's end). write_parts
+ * writes pages as one or more part records at p->off, without fdatasync, and
+ * adds them to p; write_commit writes the commit record and fdatasyncs; both
+ * leave what they wrote in place on failure (the caller cuts it with
+ * seg_cut). reserve(g, p->n) before write_commit, then publish_pending under
+ * the write lock (cannot fail). */
+void dbm_pgs_pend_init(struct pgs_pending *p, uint64_t off);
+void dbm_pgs_pend_free(struct pgs_pending *p); /* frees the arrays; p stays usable */
+int dbm_pgs_seg_write_parts(struct pgs_seg *g, struct pgs_pending *p, uint64_t txid,
+                            const struct dbm_page_write *pages, size_t n, uint64_t prealloc);
+int dbm_pgs_seg_write_commit(struct pgs_seg *g, struct pgs_pending *p, uint64_t txid, uint64_t commit_ns,
+                             uint32_t db_pages, uint64_t prealloc);
+void dbm_pgs_seg_publish_pending(struct pgs_seg *g, const struct pgs_pending *p, uint64_t txid,
+                                 uint64_t commit_ns, uint32_t db_pages);
+/* Cuts the log back to g->end (after a failed or abandoned write). */
+void dbm_pgs_seg_cut(struct pgs_seg *g);
 
 /* Sealing: write_index does the I/O (appender, no lock), mark_sealed switches
  * the in-RAM state (write-locked) once the index is in place. */

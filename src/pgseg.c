@@ -23,6 +23,7 @@ _Static_assert(sizeof(struct pgs_rec_ent) == 8, "record entry layout");
 _Static_assert(sizeof(struct pgs_txn) == 32, "txn layout");
 _Static_assert(sizeof(struct pgs_ent) == 32, "index entry layout");
 _Static_assert(sizeof(struct pgs_idx_hdr) == 96, "index header layout");
+_Static_assert(PGS_COMMIT_LEN == 64, "commit record layout");
 
 #define ZERO_CHUNK (1u << 20) /* zero-fill ahead of the tail by this much */
 #define SCAN_CHUNK (1u << 20)
@@ -231,6 +232,36 @@ int dbm_pgs_seg_reserve(struct pgs_seg *g, size_t n)
     return 0;
 }
 
+/* Links one page version into the RAM index. The caller reserved room. */
+static void seg_link(struct pgs_seg *g, uint32_t pgno, uint32_t crc, uint64_t txid, uint64_t data_off,
+                     uint64_t rec_off)
+{
+    struct pgs_ment *m = &g->ments[g->nment];
+    m->e.pgno = pgno;
+    m->e.crc = crc;
+    m->e.txid = txid;
+    m->e.data_off = data_off;
+    m->e.rec_off = rec_off;
+    size_t slot = hash_find(g, pgno);
+    m->prev = g->hash[slot];
+    if (m->prev == UINT32_MAX)
+        g->hused++;
+    g->hash[slot] = (uint32_t)g->nment++;
+}
+
+/* Adds a transaction to the table and the segment's summary. */
+static void seg_add_txn(struct pgs_seg *g, uint64_t txid, uint64_t commit_ns, uint32_t db_pages,
+                        uint64_t rec_off)
+{
+    g->atx[g->natx++] = (struct pgs_txn){ txid, commit_ns, rec_off, db_pages, 0 };
+    if (g->last_txid < g->first_txid)
+        g->min_ns = commit_ns;
+    g->max_ns = commit_ns;
+    g->last_txid = txid;
+    if (db_pages < g->min_pages)
+        g->min_pages = db_pages;
+}
+
 /* Adds the record in g->wbuf (written at g->end) to the RAM index. The caller
  * reserved room. */
 void dbm_pgs_seg_publish(struct pgs_seg *g)
@@ -238,38 +269,101 @@ void dbm_pgs_seg_publish(struct pgs_seg *g)
     const struct pgs_rec_hdr *h = (const void *)g->wbuf;
     const struct pgs_rec_ent *re = (const void *)(g->wbuf + sizeof *h);
     uint64_t data = g->end + sizeof *h + (uint64_t)h->npages * sizeof *re;
-    struct pgs_txn *t = &g->atx[g->natx++];
-    t->txid = h->txid;
-    t->commit_ns = h->commit_ns;
-    t->rec_off = g->end;
-    t->db_pages = h->db_pages;
-    t->reserved = 0;
-    for (uint32_t i = 0; i < h->npages; i++) {
-        struct pgs_ment *m = &g->ments[g->nment];
-        m->e.pgno = re[i].pgno;
-        m->e.crc = re[i].crc;
-        m->e.txid = h->txid;
-        m->e.data_off = data + (uint64_t)i * g->page_size;
-        m->e.rec_off = g->end;
-        size_t slot = hash_find(g, re[i].pgno);
-        m->prev = g->hash[slot];
-        if (m->prev == UINT32_MAX)
-            g->hused++;
-        g->hash[slot] = (uint32_t)g->nment++;
-    }
-    if (g->last_txid < g->first_txid)
-        g->min_ns = h->commit_ns;
-    g->max_ns = h->commit_ns;
-    g->last_txid = h->txid;
-    if (h->db_pages < g->min_pages)
-        g->min_pages = h->db_pages;
+    for (uint32_t i = 0; i < h->npages; i++)
+        seg_link(g, re[i].pgno, re[i].crc, h->txid, data + (uint64_t)i * g->page_size, g->end);
+    seg_add_txn(g, h->txid, h->commit_ns, h->db_pages, g->end);
     g->end += h->rec_len;
+}
+
+/* Publishes a streamed transaction whose commit record ends at p->off. The
+ * caller reserved room for p->n versions. */
+void dbm_pgs_seg_publish_pending(struct pgs_seg *g, const struct pgs_pending *p, uint64_t txid,
+                                 uint64_t commit_ns, uint32_t db_pages)
+{
+    for (size_t i = 0; i < p->n; i++)
+        seg_link(g, p->ents[i].pgno, p->ents[i].crc, txid, p->ents[i].data_off, p->ents[i].rec_off);
+    seg_add_txn(g, txid, commit_ns, db_pages, p->off - PGS_COMMIT_LEN);
+    g->end = p->off;
+}
+
+/* ---- a streamed transaction's pages, before its commit ---- */
+
+void dbm_pgs_pend_init(struct pgs_pending *p, uint64_t off)
+{
+    memset(p, 0, sizeof *p);
+    p->first_off = p->off = off;
+}
+
+void dbm_pgs_pend_free(struct pgs_pending *p)
+{
+    free(p->ents);
+    free(p->hash);
+    p->ents = NULL;
+    p->hash = NULL;
+    p->n = p->cap = p->hcap = 0;
+}
+
+static size_t pend_find(const struct pgs_pending *p, uint32_t pgno)
+{
+    size_t i = hash_slot(pgno, p->hcap);
+    while (p->hash[i] != UINT32_MAX && p->ents[p->hash[i]].pgno != pgno)
+        i = (i + 1) & (p->hcap - 1);
+    return i;
+}
+
+/* Makes room for k more distinct pages. */
+static int pend_reserve(struct pgs_pending *p, size_t k)
+{
+    if (p->n + k >= UINT32_MAX)
+        return -EFBIG;
+    if (grow((void **)&p->ents, &p->cap, p->n + k, sizeof *p->ents))
+        return -ENOMEM;
+    if (2 * (p->n + k) <= p->hcap)
+        return 0;
+    size_t cap = p->hcap ? p->hcap : 64;
+    while (cap < 2 * (p->n + k))
+        cap *= 2;
+    uint32_t *h = malloc(cap * sizeof *h);
+    if (!h)
+        return -ENOMEM;
+    memset(h, 0xff, cap * sizeof *h);
+    free(p->hash);
+    p->hash = h;
+    p->hcap = cap;
+    for (size_t i = 0; i < p->n; i++)
+        h[pend_find(p, p->ents[i].pgno)] = (uint32_t)i;
+    return 0;
+}
+
+/* Adds the part record at rec_off (header and entries in rec): a page seen
+ * before in the transaction is replaced (last wins). */
+static int pend_add_part(struct pgs_pending *p, const uint8_t *rec, uint64_t rec_off, uint32_t page_size)
+{
+    const struct pgs_rec_hdr *h = (const void *)rec;
+    const struct pgs_rec_ent *re = (const void *)(rec + sizeof *h);
+    uint64_t data = rec_off + sizeof *h + (uint64_t)h->npages * sizeof *re;
+    int rc = pend_reserve(p, h->npages);
+    if (rc)
+        return rc;
+    for (uint32_t i = 0; i < h->npages; i++) {
+        struct pgs_pent e = { re[i].pgno, re[i].crc, data + (uint64_t)i * page_size, rec_off };
+        size_t slot = pend_find(p, e.pgno);
+        if (p->hash[slot] == UINT32_MAX) {
+            p->hash[slot] = (uint32_t)p->n;
+            p->ents[p->n++] = e;
+        } else {
+            p->ents[p->hash[slot]] = e;
+        }
+    }
+    p->nparts++;
+    return 0;
 }
 
 /* ---- writing ---- */
 
-/* Builds the record in g->wbuf. */
-static int rec_build(struct pgs_seg *g, uint64_t txid, uint64_t commit_ns, uint32_t db_pages,
+/* Builds a whole-transaction record (kind 0) or a part (kind PART, seq in
+ * commit_ns) in g->wbuf. */
+static int rec_build(struct pgs_seg *g, uint8_t kind, uint64_t txid, uint64_t commit_ns, uint32_t db_pages,
                      const struct dbm_page_write *pages, size_t n, uint64_t *len_out)
 {
     uint64_t len = sizeof(struct pgs_rec_hdr) + n * (sizeof(struct pgs_rec_ent) + g->page_size);
@@ -293,7 +387,8 @@ static int rec_build(struct pgs_seg *g, uint64_t txid, uint64_t commit_ns, uint3
     }
     memset(h, 0, sizeof *h);
     h->magic = PGS_REC_MAGIC;
-    h->version = PGS_VERSION;
+    h->version = kind ? PGS_REC_STREAM : PGS_REC_WHOLE;
+    h->kind = kind;
     h->txid = txid;
     h->commit_ns = commit_ns;
     h->db_pages = db_pages;
@@ -305,9 +400,11 @@ static int rec_build(struct pgs_seg *g, uint64_t txid, uint64_t commit_ns, uint3
     return 0;
 }
 
-/* Makes [.., need) allocated and zero-filled ahead, so that the fdatasync
- * after a record seldom has to commit extent metadata. */
-static int seg_make_room(struct pgs_seg *g, uint64_t need, uint64_t prealloc)
+/* Makes [.., need) allocated and, if zero_ahead, zero-filled ahead, so that
+ * the fdatasync after a record seldom has to commit extent metadata. (Parts
+ * of a streamed transaction skip the zeroing: it would double their writes,
+ * and their commit's fdatasync comes once.) */
+static int seg_make_room(struct pgs_seg *g, uint64_t need, uint64_t prealloc, int zero_ahead)
 {
     if (need > g->alloc_end) {
         uint64_t target = need > prealloc ? need + ZERO_CHUNK : prealloc;
@@ -319,7 +416,7 @@ static int seg_make_room(struct pgs_seg *g, uint64_t need, uint64_t prealloc)
                 return -e;
         }
     }
-    if (need > g->zero_end && g->alloc_end > need) {
+    if (zero_ahead && need > g->zero_end && g->alloc_end > need) {
         static const uint8_t zeros[64 * 1024];
         uint64_t to = need + ZERO_CHUNK < g->alloc_end ? need + ZERO_CHUNK : g->alloc_end;
         for (uint64_t off = need; off < to; off += sizeof zeros) {
@@ -346,14 +443,19 @@ static void seg_cut(struct pgs_seg *g, uint64_t off)
     g->zero_end = off;
 }
 
+void dbm_pgs_seg_cut(struct pgs_seg *g)
+{
+    seg_cut(g, g->end);
+}
+
 int dbm_pgs_seg_write(struct pgs_seg *g, uint64_t txid, uint64_t commit_ns, uint32_t db_pages,
                       const struct dbm_page_write *pages, size_t n, uint64_t prealloc, uint64_t *rec_len)
 {
     uint64_t len;
-    int rc = rec_build(g, txid, commit_ns, db_pages, pages, n, &len);
+    int rc = rec_build(g, 0, txid, commit_ns, db_pages, pages, n, &len);
     if (rc)
         return rc;
-    rc = seg_make_room(g, g->end + len, prealloc);
+    rc = seg_make_room(g, g->end + len, prealloc, 1);
     if (!rc)
         rc = dbm_pwrite_all(g->fd, g->wbuf, len, (off_t)g->end);
     if (!rc && dbm_sys.fdatasync(g->fd) < 0)
@@ -368,21 +470,107 @@ int dbm_pgs_seg_write(struct pgs_seg *g, uint64_t txid, uint64_t commit_ns, uint
     return 0;
 }
 
+int dbm_pgs_seg_write_parts(struct pgs_seg *g, struct pgs_pending *p, uint64_t txid,
+                            const struct dbm_page_write *pages, size_t n, uint64_t prealloc)
+{
+    size_t per = (PGS_PART_BYTES - sizeof(struct pgs_rec_hdr)) / (sizeof(struct pgs_rec_ent) + g->page_size);
+    if (per == 0)
+        per = 1;
+    for (size_t i = 0, k; i < n; i += k) {
+        uint64_t len;
+        k = n - i < per ? n - i : per;
+        int rc = rec_build(g, PGS_KIND_PART, txid, p->nparts, 0, pages + i, k, &len);
+        if (!rc)
+            rc = seg_make_room(g, p->off + len, prealloc, 0);
+        if (!rc)
+            rc = dbm_pwrite_all(g->fd, g->wbuf, len, (off_t)p->off);
+        if (!rc)
+            rc = pend_add_part(p, g->wbuf, p->off, g->page_size);
+        if (rc) {
+            dbm_err("pagestore: %s: writing part %u of txid %llu at offset %llu failed: %s", g->path,
+                    p->nparts, (unsigned long long)txid, (unsigned long long)p->off, strerror(-rc));
+            return rc;
+        }
+        p->off += len;
+    }
+    return 0;
+}
+
+int dbm_pgs_seg_write_commit(struct pgs_seg *g, struct pgs_pending *p, uint64_t txid, uint64_t commit_ns,
+                             uint32_t db_pages, uint64_t prealloc)
+{
+    struct {
+        struct pgs_rec_hdr h;
+        struct pgs_commit_body b;
+    } r;
+    memset(&r, 0, sizeof r);
+    r.b.first_off = p->nparts ? p->first_off : p->off;
+    r.b.nparts = p->nparts;
+    r.h.magic = PGS_REC_MAGIC;
+    r.h.version = PGS_REC_STREAM;
+    r.h.kind = PGS_KIND_COMMIT;
+    r.h.txid = txid;
+    r.h.commit_ns = commit_ns;
+    r.h.db_pages = db_pages;
+    r.h.npages = (uint32_t)p->n;
+    r.h.rec_len = PGS_COMMIT_LEN;
+    r.h.ent_crc = dbm_crc32c(0, &r.b, sizeof r.b);
+    r.h.hdr_crc = dbm_crc32c(0, &r.h, offsetof(struct pgs_rec_hdr, hdr_crc));
+    int rc = seg_make_room(g, p->off + sizeof r, prealloc, 1);
+    if (!rc)
+        rc = dbm_pwrite_all(g->fd, &r, sizeof r, (off_t)p->off);
+    if (!rc && dbm_sys.fdatasync(g->fd) < 0)
+        rc = -errno;
+    if (rc) {
+        dbm_err("pagestore: %s: commit of txid %llu at offset %llu failed: %s", g->path,
+                (unsigned long long)txid, (unsigned long long)p->off, strerror(-rc));
+        return rc;
+    }
+    p->off += sizeof r;
+    return 0;
+}
+
 /* ---- recovery ---- */
 
 enum rec_state { REC_OK, REC_BAD_HDR, REC_ZERO_HDR, REC_BAD_ENTS, REC_BAD_PAGES };
 
 static int hdr_valid(const struct pgs_rec_hdr *h, uint64_t off, uint64_t fsize, uint32_t ps)
 {
-    if (h->magic != PGS_REC_MAGIC || h->version != PGS_VERSION ||
-        h->hdr_crc != dbm_crc32c(0, h, offsetof(struct pgs_rec_hdr, hdr_crc)))
+    if (h->magic != PGS_REC_MAGIC || h->hdr_crc != dbm_crc32c(0, h, offsetof(struct pgs_rec_hdr, hdr_crc)))
         return 0;
-    return h->rec_len == sizeof *h + (uint64_t)h->npages * (sizeof(struct pgs_rec_ent) + ps) &&
-           h->rec_len <= fsize - off;
+    uint64_t with_pages = sizeof *h + (uint64_t)h->npages * (sizeof(struct pgs_rec_ent) + ps);
+    int ok = 0;
+    if (h->version == PGS_REC_WHOLE)
+        ok = h->kind == 0 && h->rec_len == with_pages;
+    else if (h->version == PGS_REC_STREAM && h->kind == PGS_KIND_PART)
+        ok = h->db_pages == 0 && h->rec_len == with_pages;
+    else if (h->version == PGS_REC_STREAM && h->kind == PGS_KIND_COMMIT)
+        ok = h->rec_len == PGS_COMMIT_LEN;
+    return ok && h->rec_len <= fsize - off;
 }
 
-/* Reads and checks the record at off into *buf (grown as needed). */
-static int rec_check(struct pgs_seg *g, uint64_t off, uint64_t fsize, uint64_t txid,
+/* Whether a valid header at off follows the streamed transaction p so far:
+ * a whole record only when no part is pending, the next part, or the commit
+ * of exactly these parts. 0 or the state to report. */
+static enum rec_state rec_sequence(const struct pgs_rec_hdr *h, const uint8_t *rec, uint64_t off,
+                                   const struct pgs_pending *p)
+{
+    if (h->kind == 0)
+        return p->nparts ? REC_BAD_HDR : REC_OK;
+    if (h->kind == PGS_KIND_PART)
+        return h->commit_ns == p->nparts ? REC_OK : REC_BAD_HDR;
+    struct pgs_commit_body b;
+    memcpy(&b, rec + sizeof *h, sizeof b);
+    if (dbm_crc32c(0, &b, sizeof b) != h->ent_crc)
+        return REC_BAD_ENTS;
+    if (b.nparts != p->nparts || b.first_off != (p->nparts ? p->first_off : off) || h->npages != p->n)
+        return REC_BAD_HDR;
+    return REC_OK;
+}
+
+/* Reads and checks the record at off into *buf (grown as needed); p is the
+ * streamed transaction in progress at off. */
+static int rec_check(struct pgs_seg *g, uint64_t off, uint64_t fsize, uint64_t txid, const struct pgs_pending *p,
                      struct pgs_rec_hdr *h, uint8_t **buf, size_t *cap, enum rec_state *st)
 {
     static const struct pgs_rec_hdr zero;
@@ -412,9 +600,11 @@ static int rec_check(struct pgs_seg *g, uint64_t off, uint64_t fsize, uint64_t t
         *st = REC_BAD_HDR;
         return 0;
     }
+    *st = rec_sequence(h, *buf, off, p);
+    if (*st != REC_OK || h->kind == PGS_KIND_COMMIT)
+        return 0;
     const struct pgs_rec_ent *re = (const void *)(*buf + sizeof *h);
     const uint8_t *data = (const uint8_t *)(re + h->npages);
-    *st = REC_OK;
     if (dbm_crc32c(0, re, h->npages * sizeof *re) != h->ent_crc) {
         *st = REC_BAD_ENTS;
         return 0;
@@ -486,17 +676,19 @@ static int seg_check_header(struct pgs_seg *g)
     return -EBADMSG;
 }
 
-/* Handles the first record that did not check at off. Returns 1 to stop
- * scanning with the log cut at off, 0 to index it and go on, or -errno. */
-static int rec_failure(struct pgs_seg *g, uint64_t off, uint64_t fsize, const struct pgs_rec_hdr *h,
-                       enum rec_state st, struct pgs_recovery *rec)
+/* Handles the first record that did not check at off. cut is where a torn
+ * tail starts: off, or the first part of an uncommitted streamed transaction
+ * before it. Returns 1 to stop scanning with the log cut at cut, 0 to index it
+ * and go on, or -errno. */
+static int rec_failure(struct pgs_seg *g, uint64_t off, uint64_t cut, uint64_t fsize,
+                       const struct pgs_rec_hdr *h, enum rec_state st, struct pgs_recovery *rec)
 {
-    int later;
-    if (st == REC_ZERO_HDR)
+    int later = 0;
+    if (st == REC_ZERO_HDR && cut == off)
         return 1; /* the clean end: preallocated zeros */
     if (st == REC_BAD_HDR)
         later = scan_for_header(g, off + 8, fsize, g->last_txid + 2);
-    else
+    else if (st != REC_ZERO_HDR)
         later = scan_for_header(g, off + h->rec_len, fsize, g->last_txid + 2);
     if (later < 0)
         return later;
@@ -512,10 +704,11 @@ static int rec_failure(struct pgs_seg *g, uint64_t off, uint64_t fsize, const st
         rec->bad_txid = g->last_txid + 1;
         return 1;
     }
-    dbm_notice("pagestore: %s: cutting a torn tail at offset %llu", g->path, (unsigned long long)off);
-    if (dbm_sys.ftruncate(g->fd, (off_t)off) < 0 || dbm_sys.fsync(g->fd) < 0) {
+    dbm_notice("pagestore: %s: cutting a torn tail at offset %llu%s", g->path, (unsigned long long)cut,
+               cut != off ? " (a streamed transaction that never committed)" : "");
+    if (dbm_sys.ftruncate(g->fd, (off_t)cut) < 0 || dbm_sys.fsync(g->fd) < 0) {
         int e = errno;
-        dbm_err("pagestore: %s: cannot cut at offset %llu: %s", g->path, (unsigned long long)off,
+        dbm_err("pagestore: %s: cannot cut at offset %llu: %s", g->path, (unsigned long long)cut,
                 strerror(e));
         return -e;
     }
@@ -523,20 +716,44 @@ static int rec_failure(struct pgs_seg *g, uint64_t off, uint64_t fsize, const st
     return 1;
 }
 
+/* Applies a checked record at off (in buf): indexes a whole transaction,
+ * collects a part into p, or publishes p at its commit. */
+static int rec_apply(struct pgs_seg *g, struct pgs_pending *p, const uint8_t *buf, const struct pgs_rec_hdr *h,
+                     uint64_t off)
+{
+    if (h->kind == PGS_KIND_PART) {
+        if (!p->nparts)
+            p->first_off = off;
+        return pend_add_part(p, buf, off, g->page_size);
+    }
+    if (h->kind == 0)
+        return rec_index(g, buf, h);
+    int rc = dbm_pgs_seg_reserve(g, p->n);
+    if (rc)
+        return rc;
+    p->off = off + h->rec_len;
+    dbm_pgs_seg_publish_pending(g, p, h->txid, h->commit_ns, h->db_pages);
+    dbm_pgs_pend_free(p);
+    dbm_pgs_pend_init(p, g->end);
+    return 0;
+}
+
 static int seg_scan(struct pgs_seg *g, uint64_t fsize, struct pgs_recovery *rec)
 {
     uint8_t *buf = NULL;
     size_t cap = 0;
     uint64_t off = PGS_SEG_HDR;
+    struct pgs_pending p;
     int rc = 0;
+    dbm_pgs_pend_init(&p, off);
     for (;;) {
         struct pgs_rec_hdr h;
         enum rec_state st = REC_BAD_HDR;
-        rc = rec_check(g, off, fsize, g->last_txid + 1, &h, &buf, &cap, &st);
+        rc = rec_check(g, off, fsize, g->last_txid + 1, &p, &h, &buf, &cap, &st);
         if (rc)
             break;
         if (st != REC_OK) {
-            rc = rec_failure(g, off, fsize, &h, st, rec);
+            rc = rec_failure(g, off, p.nparts ? p.first_off : off, fsize, &h, st, rec);
             if (rc < 0)
                 break;
             if (rc == 1) {
@@ -544,11 +761,12 @@ static int seg_scan(struct pgs_seg *g, uint64_t fsize, struct pgs_recovery *rec)
                 break;
             }
         }
-        rc = rec_index(g, buf, &h);
+        rc = rec_apply(g, &p, buf, &h, off);
         if (rc)
             break;
         off += h.rec_len;
     }
+    dbm_pgs_pend_free(&p);
     free(buf);
     return rc;
 }
