@@ -161,24 +161,88 @@ static int read_dbhdr(struct base *b, struct dbm_dbhdr *h, uint64_t *size)
     return dbm_dbhdr_parse(buf, sizeof buf, h);
 }
 
-/* Appends one transaction; on success updates what the base knows. */
-static int record(struct base *b, uint32_t page_size, uint32_t db_pages, struct dbm_page_write *pw, size_t n)
+/* A transaction being recorded in batches: memory stays at BATCH_PAGES
+ * pages whatever the transaction's size. */
+#define BATCH_BYTES (1u << 20)
+
+struct batch {
+    struct base *b;
+    struct dbm_tl_txn *x;
+    uint32_t ps;
+    uint8_t *data;             /* cap pages */
+    struct dbm_page_write *pw;
+    size_t n, cap;
+    uint64_t added;            /* pages handed to the store */
+    uint64_t now;
+};
+
+static int batch_begin(struct batch *bt, struct base *b, uint32_t page_size)
 {
-    uint64_t now = dbm_now_ns();
-    int rc = ensure_timeline(b, page_size, now);
-    if (rc < 0)
-        return rc;
+    memset(bt, 0, sizeof *bt);
+    bt->b = b;
+    bt->ps = page_size;
+    bt->now = dbm_now_ns();
+    bt->cap = BATCH_BYTES / page_size ? BATCH_BYTES / page_size : 1;
+    bt->data = malloc(bt->cap * page_size);
+    bt->pw = malloc(bt->cap * sizeof *bt->pw);
+    if (!bt->data || !bt->pw)
+        return -ENOMEM;
+    int rc = ensure_timeline(b, page_size, bt->now);
+    if (rc == 0)
+        rc = dbm_tl_txn_begin(b->tl, &bt->x);
+    return rc;
+}
+
+/* The next page slot (page_size bytes) to fill; commit it with batch_push. */
+static uint8_t *batch_slot(struct batch *bt) { return bt->data + bt->n * bt->ps; }
+
+static int batch_flush(struct batch *bt)
+{
+    if (bt->n == 0)
+        return 0;
+    int rc = dbm_tl_txn_add(bt->x, bt->pw, bt->n);
+    bt->added += bt->n;
+    bt->n = 0;
+    return rc;
+}
+
+/* Adds the page just written into batch_slot. */
+static int batch_push(struct batch *bt, uint32_t pgno)
+{
+    bt->pw[bt->n].pgno = pgno;
+    bt->pw[bt->n].data = batch_slot(bt);
+    if (++bt->n == bt->cap)
+        return batch_flush(bt);
+    return 0;
+}
+
+static void batch_end(struct batch *bt)
+{
+    dbm_tl_txn_abort(bt->x); /* accepts NULL: after a commit x is NULL */
+    free(bt->data);
+    free(bt->pw);
+}
+
+/* Makes the transaction durable; on success updates what the base knows.
+ * page1: the transaction's page 1 if it has one (for its change counter). */
+static int batch_commit(struct batch *bt, uint32_t db_pages, const uint8_t *page1)
+{
+    struct base *b = bt->b;
+    int rc = batch_flush(bt);
     uint64_t txid;
-    if ((rc = dbm_tl_append(b->tl, now, db_pages, pw, n, &txid)) < 0) {
+    if (rc == 0) {
+        rc = dbm_tl_txn_commit(bt->x, bt->now, db_pages, &txid);
+        bt->x = NULL;
+    }
+    if (rc < 0) {
         dbm_err("%s/%s: cannot record a commit (%s): the commit is refused and SQLite will roll it back", b->l->env,
                 b->name, strerror(-rc));
         return rc;
     }
     b->db_pages = db_pages;
     b->captured++;
-    for (size_t i = 0; i < n; i++)
-        if (pw[i].pgno == 1)
-            b->last_counter = be32((const uint8_t *)pw[i].data + 24);
+    if (page1)
+        b->last_counter = be32(page1 + 24);
     return 0;
 }
 
@@ -248,31 +312,21 @@ int dbm_cap_journal_written(struct base *b, off_t off, size_t size)
     return 0;
 }
 
-/* Pages of the dirty set that differ from what is recorded; the rest are
- * dropped from pw. Returns the new count or -errno. */
-static ssize_t drop_unchanged(struct base *b, struct dbm_page_write *pw, size_t n)
+/* 1 if page pgno (in data) equals what the history holds at its last
+ * transaction, 0 if not, -errno. cur: page_size bytes of scratch. */
+static int same_as_recorded(struct base *b, uint32_t pgno, const uint8_t *data, uint8_t *cur)
 {
     struct dbm_tl_stat st;
     if (!b->tl || dbm_tl_stat(b->tl, &st) < 0 || !st.last_txid)
-        return (ssize_t)n;
-    uint8_t *cur = malloc(b->page_size);
-    if (!cur)
-        return -ENOMEM;
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        int rc = dbm_tl_read_page(b->tl, st.last_txid, pw[i].pgno, cur);
-        if (rc < 0) {
-            free(cur);
-            return rc;
-        }
-        if (rc == 1 || memcmp(cur, pw[i].data, b->page_size) != 0)
-            pw[k++] = pw[i];
-    }
-    free(cur);
-    return (ssize_t)k;
+        return 0;
+    int rc = dbm_tl_read_page(b->tl, st.last_txid, pgno, cur);
+    if (rc < 0)
+        return rc;
+    return rc == 0 && memcmp(cur, data, b->page_size) == 0;
 }
 
-/* Records the transaction whose pages are in the dirty set. */
+/* Records the transaction whose pages are in the dirty set, reading them
+ * back from the database file a batch at a time. */
 static int rb_commit(struct base *b)
 {
     if (!b->db || b->ndirty == 0) {
@@ -295,46 +349,50 @@ static int rb_commit(struct base *b)
     uint32_t ps = h.page_size, db_pages = (uint32_t)(fsz / ps);
     if (h.version_valid == h.change_counter && h.db_pages)
         db_pages = h.db_pages;
+    /* no new change counter: a rollback restoring pages, or exclusive
+     * locking mode (which bumps it once): record only what really changed */
+    int filter = b->tl && b->page_size == ps && h.change_counter == b->last_counter;
     qsort(b->dirty, b->ndirty, sizeof *b->dirty, u32_cmp);
-    size_t n = 0;
-    while (n < b->ndirty && b->dirty[n] <= db_pages)
-        n++;
-    uint8_t *data = malloc(n * (size_t)ps + 1);
-    struct dbm_page_write *pw = malloc((n + 1) * sizeof *pw);
-    if (!data || !pw) {
+    struct batch bt;
+    uint8_t page1[100], *cur = filter ? malloc(ps) : NULL;
+    int have1 = 0;
+    if (filter && !cur) {
         rc = -ENOMEM;
-        goto out;
+        goto out_nobatch;
     }
-    for (size_t i = 0; i < n; i++) {
-        ssize_t r = dbm_pread_all(b->db->fd, data + i * ps, ps, (off_t)(b->dirty[i] - 1) * ps);
+    if ((rc = batch_begin(&bt, b, ps)) < 0)
+        goto out;
+    for (size_t i = 0; i < b->ndirty && b->dirty[i] <= db_pages; i++) {
+        uint32_t pgno = b->dirty[i];
+        uint8_t *slot = batch_slot(&bt);
+        ssize_t r = dbm_pread_all(b->db->fd, slot, ps, (off_t)(pgno - 1) * ps);
         if (r != (ssize_t)ps) {
             rc = r < 0 ? (int)r : -EIO;
             goto out;
         }
-        pw[i].pgno = b->dirty[i];
-        pw[i].data = data + i * ps;
-    }
-    if (b->tl && b->page_size == ps && h.change_counter == b->last_counter) {
-        /* no new change counter: a rollback restoring pages, or exclusive
-         * locking mode (which bumps it once): keep what really changed */
-        ssize_t k = drop_unchanged(b, pw, n);
-        if (k < 0) {
-            rc = (int)k;
+        if (filter && (rc = same_as_recorded(b, pgno, slot, cur)) != 0) {
+            if (rc < 0)
+                goto out;
+            continue;
+        }
+        if (pgno == 1) {
+            memcpy(page1, slot, sizeof page1);
+            have1 = 1;
+        }
+        if ((rc = batch_push(&bt, pgno)) < 0)
             goto out;
-        }
-        n = (size_t)k;
-        if (n == 0 && db_pages == b->db_pages) {
-            rc = 0;
-            goto done;
-        }
     }
-    if ((rc = record(b, ps, db_pages, pw, n)) < 0)
+    if (filter && bt.added + bt.n == 0 && db_pages == b->db_pages) {
+        rc = 0; /* nothing changed: not a transaction */
+        dirty_clear(b);
         goto out;
-done:
-    dirty_clear(b);
+    }
+    if ((rc = batch_commit(&bt, db_pages, have1 ? page1 : NULL)) == 0)
+        dirty_clear(b);
 out:
-    free(data);
-    free(pw);
+    batch_end(&bt);
+out_nobatch:
+    free(cur);
     return rc;
 }
 
@@ -407,49 +465,55 @@ static void wal_header(struct base *b)
     cursor_save(b);
 }
 
-struct walframe_buf {
+struct frameref {
     uint32_t pgno;
-    uint8_t *data;
+    uint32_t idx;    /* frame number relative to next_frame */
 };
 
-static int pgno_cmp(const void *a, const void *b)
+static int frameref_cmp(const void *a, const void *b)
 {
-    const struct walframe_buf *x = a, *y = b;
+    const struct frameref *x = a, *y = b;
     if (x->pgno != y->pgno)
         return x->pgno < y->pgno ? -1 : 1;
-    return x->data < y->data ? 1 : -1; /* later frames (higher addresses) first */
+    return x->idx < y->idx ? 1 : x->idx > y->idx ? -1 : 0; /* later frames first */
 }
 
 /* Captures the next committed transaction of the WAL, if its frames are
  * complete and valid up to a commit frame at index <= limit. 1 if one was
- * recorded, 0 if none is complete, -errno. */
+ * recorded, 0 if none is complete, -errno. Two passes over the frames (they
+ * are in the page cache): validate the checksum chain keeping only page
+ * numbers, then record the last frame of each page a batch at a time. */
 static int wal_capture_one(struct base *b, uint64_t limit)
 {
     uint32_t ps = b->wh.page_size;
     size_t fsz = DBM_WAL_FRAME_HDR_SIZE + ps;
     struct dbm_walck ck = b->ck;
-    size_t cap = 16, n = 0;
-    uint8_t *frames = malloc(cap * fsz);
-    if (!frames)
-        return -ENOMEM;
+    size_t cap = 64, n = 0;
+    struct frameref *refs = malloc(cap * sizeof *refs);
+    uint8_t *frame = malloc(fsz);
     int rc = 0;
     uint32_t commit_pages = 0;
+    if (!refs || !frame) {
+        rc = -ENOMEM;
+        goto out;
+    }
     for (uint64_t i = b->next_frame; i <= limit; i++) {
+        if (dbm_pread_all(b->wal->fd, frame, fsz, (off_t)dbm_wal_frame_off(ps, i)) != (ssize_t)fsz)
+            goto out; /* not written yet */
+        struct dbm_walframe fr;
+        if (dbm_walframe_check(frame, ps, &b->wh, &ck, &fr) < 0)
+            goto out; /* not complete (or a later generation's leftovers) */
         if (n == cap) {
-            uint8_t *tmp = realloc(frames, cap * 2 * fsz);
+            struct frameref *tmp = realloc(refs, cap * 2 * sizeof *tmp);
             if (!tmp) {
                 rc = -ENOMEM;
                 goto out;
             }
-            frames = tmp;
+            refs = tmp;
             cap *= 2;
         }
-        uint8_t *f = frames + n * fsz;
-        if (dbm_pread_all(b->wal->fd, f, fsz, (off_t)dbm_wal_frame_off(ps, i)) != (ssize_t)fsz)
-            goto out; /* not written yet */
-        struct dbm_walframe fr;
-        if (dbm_walframe_check(f, ps, &b->wh, &ck, &fr) < 0)
-            goto out; /* not complete (or a later generation's leftovers) */
+        refs[n].pgno = fr.pgno;
+        refs[n].idx = (uint32_t)n;
         n++;
         if (fr.commit_pages) {
             commit_pages = fr.commit_pages;
@@ -459,38 +523,40 @@ static int wal_capture_one(struct base *b, uint64_t limit)
     if (!commit_pages)
         goto out;
     /* the last frame of each page wins; pages past the new size are dropped */
-    struct walframe_buf *v = malloc(n * sizeof *v);
-    struct dbm_page_write *pw = malloc(n * sizeof *pw);
-    if (!v || !pw) {
-        free(v);
-        free(pw);
-        rc = -ENOMEM;
-        goto out;
-    }
+    qsort(refs, n, sizeof *refs, frameref_cmp);
+    struct batch bt;
+    uint8_t page1[100];
+    int have1 = 0;
+    if ((rc = batch_begin(&bt, b, ps)) < 0)
+        goto out_batch;
     for (size_t i = 0; i < n; i++) {
-        v[i].pgno = be32(frames + i * fsz);
-        v[i].data = frames + i * fsz + DBM_WAL_FRAME_HDR_SIZE;
-    }
-    qsort(v, n, sizeof *v, pgno_cmp);
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        if ((i > 0 && v[i].pgno == v[i - 1].pgno) || v[i].pgno > commit_pages)
+        if ((i > 0 && refs[i].pgno == refs[i - 1].pgno) || refs[i].pgno > commit_pages)
             continue;
-        pw[k].pgno = v[i].pgno;
-        pw[k++].data = v[i].data;
+        off_t off = (off_t)dbm_wal_frame_off(ps, b->next_frame + refs[i].idx) + DBM_WAL_FRAME_HDR_SIZE;
+        uint8_t *slot = batch_slot(&bt);
+        if (dbm_pread_all(b->wal->fd, slot, ps, off) != (ssize_t)ps) {
+            rc = -EIO;
+            goto out_batch;
+        }
+        if (refs[i].pgno == 1) {
+            memcpy(page1, slot, sizeof page1);
+            have1 = 1;
+        }
+        if ((rc = batch_push(&bt, refs[i].pgno)) < 0)
+            goto out_batch;
     }
-    rc = record(b, ps, commit_pages, pw, k);
-    free(v);
-    free(pw);
-    if (rc == 0) {
+    if ((rc = batch_commit(&bt, commit_pages, have1 ? page1 : NULL)) == 0) {
         b->ck = ck;
         b->next_frame += n;
         b->mode = JM_WAL;
         cursor_save(b);
         rc = 1;
     }
+out_batch:
+    batch_end(&bt);
 out:
-    free(frames);
+    free(refs);
+    free(frame);
     return rc;
 }
 
