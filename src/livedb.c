@@ -583,10 +583,11 @@ int dbm_livedb_getlk(struct dbm_dbhandle *h, uint64_t owner, struct flock *fl)
  * modes) or WRITE in -shm (WAL). f->mu held. */
 static void note_writer(struct dbfile *f)
 {
+    /* two files (db, -shm) with their own locks feed one flag: atomic */
     if (f->kind == DBM_SQLFILE_DB)
-        f->base->writer = dbm_lock_held_at(&f->locks, F_WRLCK, DBM_RESERVED_BYTE);
+        __atomic_store_n(&f->base->writer, dbm_lock_held_at(&f->locks, F_WRLCK, DBM_RESERVED_BYTE), __ATOMIC_RELAXED);
     else if (f->kind == DBM_SQLFILE_SHM)
-        f->base->writer = dbm_lock_held_at(&f->locks, F_WRLCK, DBM_SHM_WRITE_LOCK);
+        __atomic_store_n(&f->base->writer, dbm_lock_held_at(&f->locks, F_WRLCK, DBM_SHM_WRITE_LOCK), __ATOMIC_RELAXED);
 }
 
 int dbm_livedb_setlk(struct dbm_dbhandle *h, uint64_t owner, const struct flock *fl, int sleep,
@@ -708,7 +709,7 @@ void dbm_livedb_report(struct dbm_livedb *l, struct dbm_sbuf *sb)
         KV("history_bytes", "%llu", (unsigned long long)ts.history_bytes);
         KV("earliest_restore_point", "%s", t1);
         KV("latest_commit", "%s", t2);
-        KV("writer", "%s", b->writer ? "active" : "idle");
+        KV("writer", "%s", __atomic_load_n(&b->writer, __ATOMIC_RELAXED) ? "active" : "idle");
         KV("refused_writes", "%llu", (unsigned long long)b->refused);
 #undef KV
         pthread_mutex_unlock(&b->mu);

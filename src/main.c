@@ -87,7 +87,10 @@ static int check_mountpoint(const char *mp)
     return 0;
 }
 
-/* SIGHUP is blocked in every thread; this one waits for it and reloads. */
+static volatile sig_atomic_t reload_stop;
+
+/* SIGHUP is blocked in every thread; this one waits for it and reloads.
+ * main stops it (reload_stop, then a SIGHUP to it) before tearing down. */
 static void *reload_thread(void *arg)
 {
     struct dbm_daemon *d = arg;
@@ -96,8 +99,11 @@ static void *reload_thread(void *arg)
     sigaddset(&set, SIGHUP);
     for (;;) {
         int sig;
-        if (sigwait(&set, &sig) == 0 && sig == SIGHUP)
-            dbm_daemon_reload(d);
+        if (sigwait(&set, &sig) != 0 || sig != SIGHUP)
+            continue;
+        if (reload_stop)
+            break;
+        dbm_daemon_reload(d);
     }
     return NULL;
 }
@@ -213,8 +219,7 @@ int main(int argc, char *argv[])
     signal(SIGHUP, SIG_DFL); /* libfuse hooks SIGHUP to exit; ours reloads (blocked, sigwait'ed) */
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     pthread_t rt;
-    pthread_create(&rt, NULL, reload_thread, d);
-    pthread_detach(rt);
+    int have_rt = pthread_create(&rt, NULL, reload_thread, d) == 0;
     if (fuse_session_mount(se, mountpoint) != 0) {
         fprintf(stderr, "dbmovefs: cannot mount on %s (is /dev/fuse usable and fusermount3 installed?)\n", mountpoint);
         goto out_signals;
@@ -245,6 +250,11 @@ int main(int argc, char *argv[])
     /* libfuse reports the signal that ended the loop; a requested shutdown is a clean exit */
     ret = (ret == 0 || ret == SIGTERM || ret == SIGINT) ? 0 : 1;
 out_signals:
+    if (have_rt) {
+        reload_stop = 1;
+        pthread_kill(rt, SIGHUP);
+        pthread_join(rt, NULL);
+    }
     fuse_remove_signal_handlers(se);
 out_session:
     fuse_session_destroy(se);
