@@ -1,6 +1,8 @@
 /* pagestore.c - the versioned, checksummed page store (see pagestore.h):
  * the store directory, timelines, reads at a txid, images, retention.
- * Segment files (records, recovery, indexes) live in pgseg.c.
+ * Segment files (records, recovery, indexes) live in pgseg.c; streamed
+ * transactions (dbm_tl_txn_*, which write the version-2 records below) in
+ * pgtxn.c. The structs these files share are in pagestore_i.h.
  *
  * On-disk format, version 1. All integers little-endian, CRC32C (Castagnoli).
  *
@@ -32,9 +34,10 @@
  *                                  npages = its distinct pages, rec_len 64,
  *                                  then {u64 offset of part 0, u32 nparts,
  *                                  u32 0} with ent_crc over those 16 bytes
- *         A streamed transaction is parts with consecutive sequence numbers
- *         and its txid, then its commit; nothing else comes between them, and
- *         all are in one segment (which may grow past segment_bytes for it).
+ *         A streamed transaction (pgtxn.c) is parts with consecutive
+ *         sequence numbers and its txid, then its commit; nothing else comes
+ *         between them, and all are in one segment (which may grow past
+ *         segment_bytes for it).
  *         A page repeated in its parts counts once, the last part's copy
  *         (the indexes hold only that one). Parts without their commit are a
  *         torn tail: recovery cuts the log at part 0.
@@ -70,7 +73,8 @@
  *
  * Lock order (outermost first):
  *   1. store->open_lock   open/close/create/drop of timelines, refcounts' life
- *   2. tl->append_lock    the writer side of one timeline: append, image, gc
+ *   2. tl->append_lock    the writer side of one timeline: append, streamed
+ *                         transactions (pgtxn.c), image, gc
  *   3. tl->rw             a timeline's segments, images and summary; a child's
  *                         is never held while its parent's is taken (reads
  *                         release the child's before reading through)
@@ -131,17 +135,6 @@ struct tl_entry {
     struct dbm_timeline *tl; /* open object or NULL */
 };
 
-struct dbm_store {
-    char *dir;
-    int dirfd;
-    uint64_t segment_bytes, image_bytes;
-    pthread_mutex_t open_lock; /* lock order 1 */
-    pthread_mutex_t lock;      /* lock order 5: tls, ntl, max_id, every tl->refs */
-    struct tl_entry *tls;
-    size_t ntl, ctl;
-    uint64_t max_id;
-};
-
 struct tl_image {
     uint64_t txid, commit_ns, data_off, bytes;
     uint32_t db_pages;
@@ -149,35 +142,7 @@ struct tl_image {
     char *path;
 };
 
-struct dbm_timeline {
-    struct dbm_store *s;
-    uint64_t id, parent_id, branch_txid;
-    uint32_t page_size;
-    char *dir;
-    int dirfd;
-    struct dbm_timeline *parent; /* a reference held for the child's life */
-    struct dbm_txinfo branch;    /* the parent's branch_txid */
-    int refs;                    /* under s->lock */
-
-    pthread_mutex_t append_lock; /* lock order 2 */
-    pthread_rwlock_t rw;         /* lock order 3: everything below */
-    struct pgs_seg **segs;       /* by first_txid; the last may be active */
-    size_t nseg, cseg;
-    struct tl_image *imgs;       /* by txid */
-    size_t nimg, cimg;
-    uint64_t first_txid, last_txid, last_ns, bad_txid, commits;
-    uint32_t db_pages;
-    uint64_t since_image;        /* log bytes since the newest image */
-    struct dbm_tl_txn *txn;      /* the open streamed transaction; under append_lock */
-};
-
-struct dbm_tl_txn {
-    struct dbm_timeline *t;
-    struct pgs_seg *g;           /* the segment it stays in */
-    uint64_t txid;
-    int err;                     /* nonzero: failed, the log already cut back */
-    struct pgs_pending p;        /* under t->append_lock */
-};
+/* struct dbm_store and struct dbm_timeline are in pagestore_i.h. */
 
 static int tl_get_locked(struct dbm_store *s, uint64_t id, struct dbm_timeline **out);
 static void tl_put_locked(struct dbm_timeline *t);
@@ -1199,7 +1164,7 @@ static int img_write(struct dbm_timeline *t, int fd, const struct dbm_txinfo *ti
 }
 
 /* Writes image.<txid> (append_lock held) and publishes it. */
-static int tl_image_at(struct dbm_timeline *t, uint64_t txid)
+int dbm_pgs_tl_image_at(struct dbm_timeline *t, uint64_t txid)
 {
     struct dbm_txinfo ti;
     pthread_rwlock_rdlock(&t->rw);
@@ -1251,7 +1216,7 @@ out:
 int dbm_tl_image(struct dbm_timeline *t)
 {
     pthread_mutex_lock(&t->append_lock);
-    int rc = t->bad_txid ? -EIO : t->last_txid ? tl_image_at(t, t->last_txid) : 0;
+    int rc = t->bad_txid ? -EIO : t->last_txid ? dbm_pgs_tl_image_at(t, t->last_txid) : 0;
     pthread_mutex_unlock(&t->append_lock);
     return rc;
 }
@@ -1260,7 +1225,7 @@ int dbm_tl_image(struct dbm_timeline *t)
 
 /* The segment to append rec_len bytes to: seals a full one, creates a new
  * one. append_lock held. */
-static int tl_active(struct dbm_timeline *t, uint64_t rec_len, struct pgs_seg **out)
+int dbm_pgs_tl_active(struct dbm_timeline *t, uint64_t rec_len, struct pgs_seg **out)
 {
     struct pgs_seg *g = t->nseg ? t->segs[t->nseg - 1] : NULL;
     int rc;
@@ -1299,7 +1264,7 @@ static uint64_t tl_image_interval(const struct dbm_timeline *t)
     return db > DEFAULT_IMAGE ? db : DEFAULT_IMAGE;
 }
 
-static int pages_valid(const struct dbm_page_write *pages, size_t n)
+int dbm_pgs_pages_valid(const struct dbm_page_write *pages, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         if (pages[i].pgno == 0 || !pages[i].data)
@@ -1307,7 +1272,7 @@ static int pages_valid(const struct dbm_page_write *pages, size_t n)
     return 1;
 }
 
-static uint64_t tl_clamp_ns(struct dbm_timeline *t, uint64_t commit_ns)
+uint64_t dbm_pgs_tl_clamp_ns(struct dbm_timeline *t, uint64_t commit_ns)
 {
     if (commit_ns >= t->last_ns)
         return commit_ns;
@@ -1318,8 +1283,8 @@ static uint64_t tl_clamp_ns(struct dbm_timeline *t, uint64_t commit_ns)
 
 /* The timeline's side of a publication (tl->rw write-locked): returns
  * whether an image is due. */
-static int tl_committed(struct dbm_timeline *t, uint64_t txid, uint64_t commit_ns, uint32_t db_pages,
-                        uint64_t len)
+int dbm_pgs_tl_committed(struct dbm_timeline *t, uint64_t txid, uint64_t commit_ns, uint32_t db_pages,
+                         uint64_t len)
 {
     t->last_txid = txid;
     t->last_ns = commit_ns;
@@ -1348,7 +1313,7 @@ static int tl_append_streamed(struct dbm_timeline *t, uint64_t commit_ns, uint32
 int dbm_tl_append(struct dbm_timeline *t, uint64_t commit_ns, uint32_t db_pages,
                   const struct dbm_page_write *pages, size_t n, uint64_t *txid_out)
 {
-    if (!pages_valid(pages, n))
+    if (!dbm_pgs_pages_valid(pages, n))
         return -EINVAL;
     /* A large transaction goes out in parts, so that no record-sized buffer
      * is needed; a small one stays one record and one write. */
@@ -1359,9 +1324,10 @@ int dbm_tl_append(struct dbm_timeline *t, uint64_t commit_ns, uint32_t db_pages,
     uint64_t txid = t->last_txid + 1, len;
     int rc = t->bad_txid ? -EIO : t->txn ? -EBUSY : 0;
     if (!rc)
-        commit_ns = tl_clamp_ns(t, commit_ns);
+        commit_ns = dbm_pgs_tl_clamp_ns(t, commit_ns);
     if (!rc)
-        rc = tl_active(t, sizeof(struct pgs_rec_hdr) + n * (sizeof(struct pgs_rec_ent) + t->page_size), &g);
+        rc = dbm_pgs_tl_active(t, sizeof(struct pgs_rec_hdr) + n * (sizeof(struct pgs_rec_ent) + t->page_size),
+                               &g);
     if (!rc) {
         pthread_rwlock_wrlock(&t->rw);
         rc = dbm_pgs_seg_reserve(g, n);
@@ -1375,131 +1341,14 @@ int dbm_tl_append(struct dbm_timeline *t, uint64_t commit_ns, uint32_t db_pages,
     }
     pthread_rwlock_wrlock(&t->rw);
     dbm_pgs_seg_publish(g);
-    int want_image = tl_committed(t, txid, commit_ns, db_pages, len);
+    int want_image = dbm_pgs_tl_committed(t, txid, commit_ns, db_pages, len);
     pthread_rwlock_unlock(&t->rw);
     if (want_image)
-        tl_image_at(t, txid); /* logs its failure; the commit is durable anyway */
+        dbm_pgs_tl_image_at(t, txid); /* logs its failure; the commit is durable anyway */
     pthread_mutex_unlock(&t->append_lock);
     if (txid_out)
         *txid_out = txid;
     return 0;
-}
-
-/* ---- streamed transactions ----
- *
- * The parts go into the active segment past its end, where readers do not
- * look, and their page versions into x->p; the commit record makes them one
- * transaction (recovery cuts parts without it), and publication adds x->p to
- * the segment's index under the write lock. The transaction stays in the
- * segment where it began, however large: the segment is sealed at the next
- * append or begin. */
-
-int dbm_tl_txn_begin(struct dbm_timeline *t, struct dbm_tl_txn **out)
-{
-    struct dbm_tl_txn *x = calloc(1, sizeof *x);
-    if (!x)
-        return -ENOMEM;
-    pthread_mutex_lock(&t->append_lock);
-    int rc = t->bad_txid ? -EIO : t->txn ? -EBUSY : 0;
-    if (!rc)
-        rc = tl_active(t, PGS_COMMIT_LEN, &x->g);
-    if (!rc) {
-        x->t = t;
-        x->txid = t->last_txid + 1;
-        dbm_pgs_pend_init(&x->p, x->g->end);
-        t->txn = x;
-    }
-    pthread_mutex_unlock(&t->append_lock);
-    if (rc) {
-        free(x);
-        return rc;
-    }
-    *out = x;
-    return 0;
-}
-
-/* Fails x with rc: cuts the log back to where x began (always after a failed
- * write, which may have left bytes even where no part was counted; on abort
- * only if a part was written). append_lock held. */
-static void txn_fail(struct dbm_tl_txn *x, int rc, int failed_write)
-{
-    if (failed_write || x->p.off > x->g->end)
-        dbm_pgs_seg_cut(x->g);
-    dbm_pgs_pend_free(&x->p);
-    dbm_pgs_pend_init(&x->p, x->g->end);
-    x->err = rc;
-}
-
-int dbm_tl_txn_add(struct dbm_tl_txn *x, const struct dbm_page_write *pages, size_t n)
-{
-    if (!pages_valid(pages, n))
-        return -EINVAL;
-    struct dbm_timeline *t = x->t;
-    pthread_mutex_lock(&t->append_lock);
-    int rc = x->err;
-    if (!rc) {
-        rc = dbm_pgs_seg_write_parts(x->g, &x->p, x->txid, pages, n, t->s->segment_bytes);
-        if (rc)
-            txn_fail(x, rc, 1);
-    }
-    pthread_mutex_unlock(&t->append_lock);
-    return rc;
-}
-
-/* Ends x (append_lock held): clears it from t and frees it. */
-static void txn_end(struct dbm_tl_txn *x)
-{
-    x->t->txn = NULL;
-    dbm_pgs_pend_free(&x->p);
-    free(x);
-}
-
-int dbm_tl_txn_commit(struct dbm_tl_txn *x, uint64_t commit_ns, uint32_t db_pages, uint64_t *txid_out)
-{
-    struct dbm_timeline *t = x->t;
-    struct pgs_seg *g = x->g;
-    uint64_t txid = x->txid;
-    pthread_mutex_lock(&t->append_lock);
-    int rc = x->err;
-    commit_ns = tl_clamp_ns(t, commit_ns);
-    if (!rc) {
-        pthread_rwlock_wrlock(&t->rw);
-        rc = dbm_pgs_seg_reserve(g, x->p.n);
-        pthread_rwlock_unlock(&t->rw);
-    }
-    if (!rc)
-        rc = dbm_pgs_seg_write_commit(g, &x->p, txid, commit_ns, db_pages, t->s->segment_bytes);
-    if (rc) {
-        if (!x->err)
-            txn_fail(x, rc, 1);
-        txn_end(x);
-        pthread_mutex_unlock(&t->append_lock);
-        return rc;
-    }
-    uint64_t len = x->p.off - g->end;
-    pthread_rwlock_wrlock(&t->rw);
-    dbm_pgs_seg_publish_pending(g, &x->p, txid, commit_ns, db_pages);
-    int want_image = tl_committed(t, txid, commit_ns, db_pages, len);
-    pthread_rwlock_unlock(&t->rw);
-    txn_end(x);
-    if (want_image)
-        tl_image_at(t, txid); /* logs its failure; the commit is durable anyway */
-    pthread_mutex_unlock(&t->append_lock);
-    if (txid_out)
-        *txid_out = txid;
-    return 0;
-}
-
-void dbm_tl_txn_abort(struct dbm_tl_txn *x)
-{
-    if (!x)
-        return;
-    struct dbm_timeline *t = x->t;
-    pthread_mutex_lock(&t->append_lock);
-    if (!x->err)
-        txn_fail(x, -ECANCELED, 0);
-    txn_end(x);
-    pthread_mutex_unlock(&t->append_lock);
 }
 
 /* ---- retention ---- */
@@ -1536,7 +1385,7 @@ static void gc_maybe_image(struct dbm_timeline *t, uint64_t req)
     int rc = tl_txinfo_rd(t, req, &ti);
     pthread_rwlock_unlock(&t->rw);
     if (!rc && (!im || im->txid != req) && now > old && now - old >= (uint64_t)ti.db_pages * t->page_size)
-        tl_image_at(t, req);
+        dbm_pgs_tl_image_at(t, req);
 }
 
 struct gc_drop {

@@ -1,6 +1,8 @@
-/* pagestore_i.h - private to pagestore.c and pgseg.c: one log segment of a
- * timeline (its file, its index in RAM while active or on disk once sealed).
- * The on-disk format is documented at the top of pagestore.c.
+/* pagestore_i.h - private to pagestore.c, pgseg.c and pgtxn.c: one log
+ * segment of a timeline (its file, its index in RAM while active or on disk
+ * once sealed), and the store and timeline objects that pgtxn.c's streamed
+ * transactions append through. The on-disk format and the global lock order
+ * are documented at the top of pagestore.c.
  *
  * Locking: a segment has no lock of its own for its contents. The timeline's
  * rwlock protects every field a reader uses; only the timeline's single
@@ -215,5 +217,60 @@ int dbm_pgs_seg_txn_at(struct pgs_seg *g, uint64_t ns, struct pgs_txn *out);
 int dbm_pgs_seg_pages_cover(struct pgs_seg *g, uint64_t lo_excl, uint64_t hi_incl, uint32_t pgno);
 
 int dbm_pgs_fsync_dir(int dirfd);
+
+/* ---- the store and its timelines (pagestore.c; pgtxn.c appends through them) ---- */
+
+struct tl_entry; /* pagestore.c: one row of the timeline table */
+struct tl_image; /* pagestore.c: one image file */
+
+struct dbm_store {
+    char *dir;
+    int dirfd;
+    uint64_t segment_bytes, image_bytes;
+    pthread_mutex_t open_lock; /* lock order 1 */
+    pthread_mutex_t lock;      /* lock order 5: tls, ntl, max_id, every tl->refs */
+    struct tl_entry *tls;
+    size_t ntl, ctl;
+    uint64_t max_id;
+};
+
+struct dbm_timeline {
+    struct dbm_store *s;
+    uint64_t id, parent_id, branch_txid;
+    uint32_t page_size;
+    char *dir;
+    int dirfd;
+    struct dbm_timeline *parent; /* a reference held for the child's life */
+    struct dbm_txinfo branch;    /* the parent's branch_txid */
+    int refs;                    /* under s->lock */
+
+    pthread_mutex_t append_lock; /* lock order 2 */
+    pthread_rwlock_t rw;         /* lock order 3: everything below */
+    struct pgs_seg **segs;       /* by first_txid; the last may be active */
+    size_t nseg, cseg;
+    struct tl_image *imgs;       /* by txid */
+    size_t nimg, cimg;
+    uint64_t first_txid, last_txid, last_ns, bad_txid, commits;
+    uint32_t db_pages;
+    uint64_t since_image;        /* log bytes since the newest image */
+    struct dbm_tl_txn *txn;      /* the open streamed transaction (pgtxn.c); under append_lock */
+};
+
+/* The appending side of a timeline, shared with pgtxn.c: the functions that
+ * take a timeline are called with its append_lock held (lock order 2). */
+
+/* The segment to append rec_len bytes to (*out, borrowed from t): seals a
+ * full one, creates a new one. 0 or -errno. */
+int dbm_pgs_tl_active(struct dbm_timeline *t, uint64_t rec_len, struct pgs_seg **out);
+/* 1 if no page has pgno 0 or NULL data, else 0. Borrows pages. */
+int dbm_pgs_pages_valid(const struct dbm_page_write *pages, size_t n);
+/* commit_ns, or the last commit's time if it went backwards (logged). */
+uint64_t dbm_pgs_tl_clamp_ns(struct dbm_timeline *t, uint64_t commit_ns);
+/* The timeline's side of a publication (also tl->rw write-locked): returns
+ * whether an image is due. len: log bytes the transaction took. */
+int dbm_pgs_tl_committed(struct dbm_timeline *t, uint64_t txid, uint64_t commit_ns, uint32_t db_pages,
+                         uint64_t len);
+/* Writes image.<txid> and publishes it. 0 or -errno (logged). */
+int dbm_pgs_tl_image_at(struct dbm_timeline *t, uint64_t txid);
 
 #endif
