@@ -87,7 +87,7 @@ static int check_mountpoint(const char *mp)
     return 0;
 }
 
-static volatile sig_atomic_t reload_stop;
+static int reload_stop; /* __atomic: set by main, read by the reload thread */
 
 /* SIGHUP is blocked in every thread; this one waits for it and reloads.
  * main stops it (reload_stop, then a SIGHUP to it) before tearing down. */
@@ -101,7 +101,7 @@ static void *reload_thread(void *arg)
         int sig;
         if (sigwait(&set, &sig) != 0 || sig != SIGHUP)
             continue;
-        if (reload_stop)
+        if (__atomic_load_n(&reload_stop, __ATOMIC_ACQUIRE))
             break;
         dbm_daemon_reload(d);
     }
@@ -251,7 +251,7 @@ int main(int argc, char *argv[])
     ret = (ret == 0 || ret == SIGTERM || ret == SIGINT) ? 0 : 1;
 out_signals:
     if (have_rt) {
-        reload_stop = 1;
+        __atomic_store_n(&reload_stop, 1, __ATOMIC_RELEASE);
         pthread_kill(rt, SIGHUP);
         pthread_join(rt, NULL);
     }
