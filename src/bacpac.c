@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -374,23 +375,48 @@ static int bp_hash_fn(struct bp_run *r, const void *data, size_t len)
 }
 
 /* Pass 1: SHA-256 and row counts of every image. */
+/* Row counts of every image, run beside the hashing: the two read the same
+ * pages, and on two cores each gets one. */
+struct bp_counts {
+    const struct dbm_bacpac_params *p;
+    struct bp_db *dbs;
+    int rc;
+};
+
+static void *bp_counts_main(void *arg)
+{
+    struct bp_counts *c = arg;
+    for (size_t i = 0; i < c->p->ndbs && c->rc == 0; i++)
+        c->rc = dbm_snapview_table_counts(&c->p->dbs[i], &c->dbs[i].tables, &c->dbs[i].ntables);
+    return NULL;
+}
+
 static int bp_pass1(struct bp_run *r)
 {
     for (size_t i = 0; i < r->p->ndbs; i++) {
-        const struct dbm_dbimage *img = &r->p->dbs[i];
-        struct bp_db *d = &r->dbs[i];
-        int rc = bp_check_image(img);
-        if (rc == 0)
-            rc = dbm_sha256_reset(r->hash);
-        if (rc == 0)
-            rc = bp_scan(r, img, bp_hash_fn);
-        if (rc == 0)
-            rc = dbm_sha256_final(r->hash, d->sha);
-        if (rc == 0)
-            rc = dbm_snapview_table_counts(img, &d->tables, &d->ntables);
+        int rc = bp_check_image(&r->p->dbs[i]);
         if (rc < 0)
             return rc;
     }
+    struct bp_counts c = { .p = r->p, .dbs = r->dbs, .rc = 0 };
+    pthread_t th;
+    int threaded = r->p->ndbs > 0 && pthread_create(&th, NULL, bp_counts_main, &c) == 0;
+    int rc = 0;
+    for (size_t i = 0; i < r->p->ndbs && rc == 0; i++) {
+        rc = dbm_sha256_reset(r->hash);
+        if (rc == 0)
+            rc = bp_scan(r, &r->p->dbs[i], bp_hash_fn);
+        if (rc == 0)
+            rc = dbm_sha256_final(r->hash, r->dbs[i].sha);
+    }
+    if (threaded)
+        pthread_join(th, NULL); /* counts cannot be cancelled: wait for them */
+    else
+        bp_counts_main(&c);
+    if (rc == 0)
+        rc = c.rc;
+    if (rc < 0)
+        return rc;
     return dbm_sha256_reset(r->hash);
 }
 
