@@ -34,6 +34,7 @@ struct snapent {
     char name[64];
     uint64_t nlookup;
     struct dbm_snapshot *snap;
+    uint64_t exp_exact;  /* export size last reported exact to the kernel (0: never) */
 };
 
 static pthread_mutex_t sn_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -192,6 +193,23 @@ static void fill_common(struct dbm_env *e, struct stat *st, fuse_ino_t ino, uint
     st->st_atim = st->st_ctim = st->st_mtim;
 }
 
+/* The kernel now holds the export's exact size for this slot. */
+static void note_exact(uint64_t slot, uint64_t size)
+{
+    pthread_mutex_lock(&sn_mu);
+    if (slot >= 1 && slot <= ntab && tab[slot - 1].used)
+        tab[slot - 1].exp_exact = size;
+    pthread_mutex_unlock(&sn_mu);
+}
+
+static uint64_t exact_reported(uint64_t slot)
+{
+    pthread_mutex_lock(&sn_mu);
+    uint64_t v = slot >= 1 && slot <= ntab && tab[slot - 1].used ? tab[slot - 1].exp_exact : 0;
+    pthread_mutex_unlock(&sn_mu);
+    return v;
+}
+
 static int slot_is_latest(uint64_t slot)
 {
     pthread_mutex_lock(&sn_mu);
@@ -243,11 +261,13 @@ int dbm_snapfs_attr(struct dbm_daemon *d, struct dbm_env *e, fuse_ino_t ino, str
     case K_SNAPEXP: {
         uint64_t size = 0;
         /* exact once produced; until then an upper bound (fs-layout.md) */
-        rc = dbm_export_peek_size(d->exports, s, &size);
-        rc = rc < 0 ? rc : 0;
+        int done = dbm_export_peek_size(d->exports, s, &size);
+        rc = done < 0 ? done : 0;
         st->st_mode = S_IFREG | fmode;
         st->st_size = (off_t)size;
         *ttl = 0;
+        if (done == 1)
+            note_exact(slot, size);
         break;
     }
     case K_SNAPSHA:
@@ -417,6 +437,15 @@ static void open_export(fuse_req_t req, struct dbm_daemon *d, fuse_ino_t ino, st
     }
     h->e = e;
     fi->fh = (uintptr_t)h;
+    int fd;
+    uint64_t exact;
+    if (dbm_export_file(e, &fd, &exact) && exact_reported(slot_of(ino)) == exact && !slot_is_latest(slot_of(ino))) {
+        /* produced, immutable, and the kernel knows its exact size: the page
+         * cache may keep it (warm reads at memory speed) */
+        fi->keep_cache = 1;
+        fuse_reply_open(req, fi);
+        return;
+    }
     /* reads come to us whatever stat said (an upper bound until produced) */
     fi->direct_io = 1;
     /* While it is produced, the size the kernel holds is only a bound, and
