@@ -289,9 +289,12 @@ static void forget_one(struct dbm_daemon *d, fuse_ino_t ino, uint64_t n)
     if (ino_kind(ino) != K_DBFILE)
         return;
     int idx = ino_env(ino);
-    /* the runtime outlives reloads, so a hidden env still forgets */
+    /* the runtime outlives reloads, so a hidden env still forgets; the lock
+     * orders this read of envs[] after a reload that appended to it */
+    pthread_rwlock_rdlock(&d->cfg_lock);
     if (idx < d->nenvs)
         dbm_livedb_forget(d->envs[idx]->live, ino_id(ino), n);
+    pthread_rwlock_unlock(&d->cfg_lock);
 }
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
@@ -713,8 +716,10 @@ static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fus
     if (ino_kind(ino) == K_DBDIR) {
         /* SQLite syncs db/ after creating a journal: make that real */
         int idx = ino_env(ino);
+        pthread_rwlock_rdlock(&d->cfg_lock);
         if (idx < d->nenvs)
             rc = dbm_livedb_fsyncdir(d->envs[idx]->live);
+        pthread_rwlock_unlock(&d->cfg_lock);
     }
     fuse_reply_err(req, -rc);
 }
