@@ -269,8 +269,11 @@ int dbm_cap_db_written(struct base *b, const void *buf, size_t size, off_t off)
             b->wal_mode = h.write_version == 2;
         }
     }
-    if (b->wal_mode || size == 0)
-        return 0; /* a checkpoint: the WAL frames were recorded already */
+    /* Pages written while the journal is hot belong to a rollback-mode
+     * transaction (including the one that switches to or from WAL); other
+     * writes are WAL checkpoints, whose frames were recorded already. */
+    if (!b->journal_active || size == 0)
+        return 0;
     if (!b->hdr_ps) {
         struct dbm_dbhdr h;
         uint64_t fsz;

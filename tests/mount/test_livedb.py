@@ -327,3 +327,16 @@ def test_large_transaction_is_recorded_with_bounded_memory(new_mount, tmpbase, m
     assert grew < 48 << 20, f"the daemon grew by {grew >> 20} MiB recording a 120 MiB transaction"
     m.stop()
     same_as_history(m, "prod", "big.db", tmpbase)
+
+
+def test_switching_journal_modes_keeps_history_exact(new_mount, tmpbase):
+    m = new_mount()
+    db = m.p("prod", "db", "sw.db")
+    sql(db, "CREATE TABLE t(a, b); INSERT INTO t VALUES (1, randomblob(3000));"
+            "PRAGMA journal_mode=wal; INSERT INTO t VALUES (2, randomblob(3000));"
+            "PRAGMA journal_mode=delete; INSERT INTO t VALUES (3, randomblob(3000));"
+            "PRAGMA journal_mode=truncate; INSERT INTO t VALUES (4, 'x');"
+            "PRAGMA journal_mode=wal; INSERT INTO t VALUES (5, 'y');")
+    assert db_info(m, "prod", "sw.db")["journal_mode"] == "wal"
+    m.stop()
+    same_as_history(m, "prod", "sw.db", tmpbase)
