@@ -247,3 +247,15 @@ def test_mount_fuse3_helper_as_fstab_uses_it(tmpbase):
         assert sorted(os.listdir(m.mnt)) == ["README", "dev", "prod", "status", "uat"]
     finally:
         run("fusermount3", "-u", m.mnt)
+
+
+def test_systemd_unit_verifies(tmpbase):
+    import shutil as sh
+    if not sh.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    unit = open(os.path.join(os.path.dirname(BIN), "..", "..", "contrib", "dbmovefs.service")).read()
+    assert "ExecStart=/usr/local/bin/dbmovefs -f" in unit  # the path meson install uses
+    path = os.path.join(tmpbase, "dbmovefs.service")
+    open(path, "w").write(unit.replace("/usr/local/bin/dbmovefs", os.path.abspath(BIN)))
+    p = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
