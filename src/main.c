@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -108,6 +109,18 @@ static void *reload_thread(void *arg)
     return NULL;
 }
 
+/* The page store keeps a descriptor per log segment it has read: allow as
+ * many as the hard limit does rather than the usual 1024. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            dbm_warn("cannot raise the open-file limit: %s", strerror(errno));
+    }
+}
+
 /* Forks; the parent waits for the child's readiness byte and exits with
  * its verdict. Returns the write end of the pipe in the child. */
 static int daemonize(void)
@@ -188,6 +201,7 @@ int main(int argc, char *argv[])
         return 2;
     }
     dbm_log_setup(0, opts.debug ? DBM_LOG_DEBUG : DBM_LOG_INFO);
+    raise_fd_limit();
     if (check_mountpoint(cli.mountpoint) < 0)
         return 1;
     char *mountpoint = realpath(cli.mountpoint, NULL);

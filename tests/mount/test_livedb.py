@@ -219,11 +219,11 @@ def test_kill_9_loses_no_commit(new_mount, tmpbase, mode):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["delete", "wal"])
+@pytest.mark.parametrize("mode", ["delete", "truncate", "persist", "wal"])
 def test_kill_9_loop(new_mount, tmpbase, mode):
     m = new_mount()
     m.expect_error(r".")
-    for _ in range(15):
+    for _ in range(int(os.environ.get("DBM_CRASH_ROUNDS", "40"))):
         crash_round(m, tmpbase, mode, "loop.db")
     m.stop()
     same_as_history(m, "prod", "loop.db", tmpbase)
