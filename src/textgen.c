@@ -14,6 +14,7 @@
 #include "dbm_config.h"
 #include "exports.h"
 #include "livedb.h"
+#include "snapshot.h"
 #include "strutil.h"
 #include "timefmt.h"
 
@@ -113,6 +114,11 @@ void dbm_text_env_info(struct dbm_daemon *d, struct dbm_env *e, struct dbm_sbuf 
     dbm_sbuf_kv(b, "retention_sec", "%llu", (unsigned long long)c->retention_sec);
     ts_kv(b, "created", e->created_ns);
     ts_kv(b, "restore_chain_start", ce.chain_start_ns);
+    uint64_t earliest = 0;
+    if (dbm_snapshot_window(d->cat, d->store, e->name, c->retention_sec, dbm_now_ns(), &earliest) == 0 && earliest)
+        ts_kv(b, "earliest_restore_point", earliest);
+    else
+        dbm_sbuf_kv(b, "earliest_restore_point", "-");
     user_kv(b, "owner", c->owner);
     group_kv(b, "group", c->group);
     dbm_sbuf_kv(b, "mode", "%04o", (unsigned)c->mode);

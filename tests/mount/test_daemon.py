@@ -64,7 +64,7 @@ def test_every_text_file_reads_and_has_its_fields(mount):
         assert info["name"] == env and info["type"] == typ and info["state"] == "online"
         assert info["retention"] == ret
         assert int(info["retention_sec"]) == int(ret[:-1]) * 86400
-        for k in ("created", "restore_chain_start", "owner", "group", "mode", "readers", "writers", "operators",
+        for k in ("created", "restore_chain_start", "earliest_restore_point", "owner", "group", "mode", "readers", "writers", "operators",
                   "post_refresh_script", "max_databases", "max_db_size", "ops_limit", "ops_window",
                   "snapshot_cadence", "databases"):
             assert k in info, k

@@ -140,6 +140,10 @@ def test_bad_instants_are_enoent_and_the_log_says_why(mount):
             os.stat(mount.p("prod", "snapshots", name))
         assert re.search(re.escape(f"prod/snapshots/{name}: {why}"), mount.read_log()), name
     assert "the window is" in mount.read_log()
+    # the window's start is in info, and an instant just before it is refused
+    earliest = kv(open(mount.p("prod", "info")).read())["earliest_restore_point"]
+    assert earliest in mount.read_log()
+    assert os.path.isdir(mount.p("prod", "snapshots", earliest))
 
 
 def test_removed_database_stays_in_past_snapshots(mount):
