@@ -122,6 +122,7 @@ static int env_attach(struct dbm_daemon *d, const struct dbm_env_conf *ec, char 
     }
     e->conf = ec;
     dbm_livedb_set_owner(e->live, ec->owner, ec->group, ec->mode & 0666);
+    dbm_livedb_set_limits(e->live, ec->max_databases, ec->max_db_bytes);
     return 0;
 }
 

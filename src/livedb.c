@@ -224,6 +224,23 @@ void dbm_livedb_set_owner(struct dbm_livedb *l, uid_t uid, gid_t gid, mode_t fil
     pthread_mutex_unlock(&l->mu);
 }
 
+void dbm_livedb_set_limits(struct dbm_livedb *l, uint32_t max_dbs, uint64_t max_bytes)
+{
+    pthread_mutex_lock(&l->mu);
+    l->max_dbs = max_dbs;
+    __atomic_store_n(&l->max_db_bytes, max_bytes, __ATOMIC_RELAXED); /* read by writers without l->mu */
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* Live databases (db files not removed). l->mu held. */
+static size_t count_dbs(struct dbm_livedb *l)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < l->nbases; i++)
+        n += l->bases[i]->db != NULL;
+    return n;
+}
+
 /* l->mu held. */
 static int file_stat(struct dbm_livedb *l, struct dbfile *f, struct stat *st)
 {
@@ -330,6 +347,13 @@ int dbm_livedb_create(struct dbm_livedb *l, const char *name, int flags, uint64_
     struct dbfile *f = file_by_name(l, name);
     if (f && (flags & O_EXCL)) {
         rc = -EEXIST;
+        goto out;
+    }
+    if (!f && l->max_dbs && dbm_sqlfile_classify(name, basename, sizeof basename) == DBM_SQLFILE_DB &&
+        count_dbs(l) >= l->max_dbs) {
+        dbm_notice("%s: refusing to create db/%s: the environment has its maximum of %u databases (max_databases)",
+                   l->env, name, l->max_dbs);
+        rc = -EDQUOT;
         goto out;
     }
     if (!f) {
@@ -486,8 +510,17 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
         ret = ret < 0 ? -errno : ret;
         goto out;
     }
-    if (f->kind == DBM_SQLFILE_DB)
+    if (f->kind == DBM_SQLFILE_DB) {
+        uint64_t max = __atomic_load_n(&b->l->max_db_bytes, __ATOMIC_RELAXED);
+        struct stat st;
+        if (max && (uint64_t)off + size > max && fstat(f->fd, &st) == 0 && (uint64_t)off + size > (uint64_t)st.st_size) {
+            dbm_notice("%s/%s: write refused: the database would grow past max_db_size (%llu bytes)", b->l->env,
+                       b->name, (unsigned long long)max);
+            ret = -ENOSPC;
+            goto out;
+        }
         rc = dbm_cap_db_check_write(b, off, size);
+    }
     else if (f->kind == DBM_SQLFILE_JOURNAL && off == 0 && size >= 28 && !memcmp(buf, (char[28]){ 0 }, 28))
         rc = dbm_cap_journal_commit(b, JM_PERSIST); /* PERSIST mode's commit: the header is zeroed */
     if (rc < 0) {
@@ -665,10 +698,8 @@ uint64_t dbm_livedb_gc(struct dbm_livedb *l, uint64_t horizon_ns)
 
 size_t dbm_livedb_count(struct dbm_livedb *l)
 {
-    size_t n = 0;
     pthread_mutex_lock(&l->mu);
-    for (size_t i = 0; i < l->nbases; i++)
-        n += l->bases[i]->db != NULL;
+    size_t n = count_dbs(l);
     pthread_mutex_unlock(&l->mu);
     return n;
 }

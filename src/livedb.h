@@ -33,6 +33,9 @@ void dbm_livedb_close(struct dbm_livedb *l); /* accepts NULL */
 
 /* Owner, group and permission bits files get (from the environment's config). */
 void dbm_livedb_set_owner(struct dbm_livedb *l, uid_t uid, gid_t gid, mode_t file_mode);
+/* Limits from the config (0: none): creating a database beyond max_dbs is
+ * -EDQUOT; a write growing a database file past max_bytes is -ENOSPC. */
+void dbm_livedb_set_limits(struct dbm_livedb *l, uint32_t max_dbs, uint64_t max_bytes);
 
 /* ---- namespace ---- */
 /* Looks a name up; on success takes one lookup reference on the file. */

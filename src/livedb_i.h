@@ -87,6 +87,8 @@ struct dbm_livedb {
     uid_t uid;
     gid_t gid;
     mode_t fmode;
+    uint32_t max_dbs;         /* 0: no limit */
+    uint64_t max_db_bytes;    /* 0: no limit */
 };
 
 struct dbm_dbhandle {

@@ -340,3 +340,38 @@ def test_switching_journal_modes_keeps_history_exact(new_mount, tmpbase):
     assert db_info(m, "prod", "sw.db")["journal_mode"] == "wal"
     m.stop()
     same_as_history(m, "prod", "sw.db", tmpbase)
+
+
+LIMITS = """
+[env prod]
+type = production
+max_databases = 2
+max_db_size = 256K
+"""
+
+
+def test_limits_are_enforced_with_clear_errors(new_mount, tmpbase):
+    m = new_mount(LIMITS)
+    d = m.p("prod", "db")
+    sql(os.path.join(d, "a.db"), "CREATE TABLE t(b);")
+    sql(os.path.join(d, "b.db"), "CREATE TABLE t(b);")
+    p = run("touch", os.path.join(d, "c.db"), check=False)
+    assert p.returncode != 0 and "Disk quota exceeded" in p.stderr
+    assert "maximum of 2 databases (max_databases)" in m.read_log()
+    # journals and WAL files of existing databases are not databases
+    sql(os.path.join(d, "a.db"), "INSERT INTO t VALUES (1);")
+    ok = 0
+    for i in range(100):
+        p = sql(os.path.join(d, "b.db"), "INSERT INTO t VALUES (randomblob(20000));", check=False)
+        if p.returncode != 0:
+            assert "database or disk is full" in p.stderr, p.stderr
+            break
+        ok += 1
+    else:
+        raise AssertionError("max_db_size never refused a write")
+    assert os.path.getsize(os.path.join(m.state, "envs", "prod", "db", "b.db")) <= 256 * 1024
+    assert "would grow past max_db_size" in m.read_log()
+    assert sql(os.path.join(d, "b.db"), "PRAGMA integrity_check; SELECT count(*) FROM t;").stdout.split() == \
+        ["ok", str(ok)]
+    m.stop()
+    same_as_history(m, "prod", "b.db", tmpbase)
