@@ -216,7 +216,6 @@ int dbm_daemon_open(const char *state_dir, struct dbm_daemon **out, char *err, s
     path_join(path, sizeof path, d->state_dir, DBM_CONFIG_FILE);
     if ((rc = dbm_config_load(path, &d->cfg, err, errsz)) < 0)
         goto fail;
-    dbm_log_set_level((enum dbm_log_level)d->cfg->log_level);
     path_join(path, sizeof path, d->state_dir, DBM_CATALOG_FILE);
     if ((rc = dbm_catalog_open(path, &d->cat)) < 0) {
         snprintf(err, errsz, "%s: cannot open the catalog: %s", path, strerror(-rc));

@@ -61,7 +61,8 @@ int dbm_daemon_init_state(const char *dir, char *err, size_t errsz);
 
 /* Validates and opens the state directory: takes its lock (-EBUSY if
  * another daemon holds it), loads the config, opens the catalog and the
- * page store, builds the environments. err gets a message on failure. */
+ * page store, builds the environments. err gets a message on failure.
+ * The caller applies cfg->log_level when logging goes where it stays. */
 int dbm_daemon_open(const char *state_dir, struct dbm_daemon **out, char *err, size_t errsz);
 void dbm_daemon_close(struct dbm_daemon *d); /* accepts NULL and half-built objects */
 /* Writes this process's pid into the lock file (again, after a fork). */

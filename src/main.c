@@ -200,7 +200,9 @@ int main(int argc, char *argv[])
         fuse_opt_free_args(&args);
         return 2;
     }
-    dbm_log_setup(0, opts.debug ? DBM_LOG_DEBUG : DBM_LOG_INFO);
+    /* in the background only warnings reach the terminal before the log
+     * moves to syslog; in the foreground the config's level applies at once */
+    dbm_log_setup(0, opts.debug ? DBM_LOG_DEBUG : opts.foreground ? DBM_LOG_INFO : DBM_LOG_WARN);
     raise_fd_limit();
     if (check_mountpoint(cli.mountpoint) < 0)
         return 1;
@@ -211,8 +213,9 @@ int main(int argc, char *argv[])
         fprintf(stderr, "dbmovefs: %s\n", err);
         return 1;
     }
-    if (opts.debug)
-        dbm_log_set_level(DBM_LOG_DEBUG);
+    enum dbm_log_level level = opts.debug ? DBM_LOG_DEBUG : (enum dbm_log_level)d->cfg->log_level;
+    if (opts.foreground)
+        dbm_log_set_level(level);
     d->foreground = opts.foreground;
     int ready = -1, ret = 1;
     if (!opts.foreground) {
@@ -243,7 +246,7 @@ int main(int argc, char *argv[])
         dbm_warn("retention thread not started: history is trimmed at the next start only");
     if (!opts.foreground) {
         detach_stdio();
-        dbm_log_setup(1, dbm_log_get_level());
+        dbm_log_setup(1, level);
     }
     if (opts.singlethread) {
         ret = fuse_session_loop(se);
