@@ -138,13 +138,24 @@ const struct dbm_env_conf *dbm_config_env(const struct dbm_config *c, const char
     return NULL;
 }
 
-static int parse_uid(const char *s, uid_t *out)
+/* A numeric uid or gid: 1 and *v if s is one, 0 if s is a name, -EINVAL if
+ * it starts with a digit but is not a valid id. */
+static int parse_numeric_id(const char *s, unsigned long *v)
 {
     char *end;
-    if (isdigit((unsigned char)*s)) {
-        unsigned long v = strtoul(s, &end, 10);
-        if (*end || v > 0x7fffffffUL)
-            return -EINVAL;
+    if (!isdigit((unsigned char)*s))
+        return 0;
+    *v = strtoul(s, &end, 10);
+    return *end || *v > 0x7fffffffUL ? -EINVAL : 1;
+}
+
+static int parse_uid(const char *s, uid_t *out)
+{
+    unsigned long v;
+    int rc = parse_numeric_id(s, &v);
+    if (rc < 0)
+        return rc;
+    if (rc > 0) {
         *out = (uid_t)v;
         return 0;
     }
@@ -158,11 +169,11 @@ static int parse_uid(const char *s, uid_t *out)
 
 static int parse_gid(const char *s, gid_t *out)
 {
-    char *end;
-    if (isdigit((unsigned char)*s)) {
-        unsigned long v = strtoul(s, &end, 10);
-        if (*end || v > 0x7fffffffUL)
-            return -EINVAL;
+    unsigned long v;
+    int rc = parse_numeric_id(s, &v);
+    if (rc < 0)
+        return rc;
+    if (rc > 0) {
         *out = (gid_t)v;
         return 0;
     }
