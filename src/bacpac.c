@@ -27,6 +27,7 @@
 #include "codec.h"
 #include "crypto.h"
 #include "dbimage.h"
+#include "sqlproto.h"
 #include "log.h"
 #include "snapview.h"
 #include "timefmt.h"
@@ -325,7 +326,7 @@ static int bp_check_image(const struct dbm_dbimage *img)
     uint32_t ps = img->page_size;
     size_t n = strnlen(img->name, sizeof(img->name));
 
-    if (ps < 512 || ps > BP_PAGE_MAX || (ps & (ps - 1))) {
+    if (!dbm_page_size_valid(ps)) {
         dbm_err("bacpac: %s: page size %" PRIu32 " (expected a power of two from 512 to 65536)",
                 img->name, ps);
         return -EINVAL;

@@ -98,6 +98,7 @@
 #include "crc32c.h"
 #include "log.h"
 #include "pagestore_i.h"
+#include "sqlproto.h"
 #include "sysio.h"
 
 #define DEFAULT_SEGMENT (64ull << 20)
@@ -416,7 +417,7 @@ static int branch_register(struct dbm_store *s, struct dbm_timeline *p, uint64_t
 int dbm_tl_create(struct dbm_store *s, uint32_t page_size, uint64_t parent_id, uint64_t branch_txid,
                   uint64_t *id_out)
 {
-    if (page_size < 512 || page_size > 65536 || (page_size & (page_size - 1)))
+    if (!dbm_page_size_valid(page_size))
         return -EINVAL;
     struct dbm_timeline *p = NULL;
     uint64_t id = 0;

@@ -23,6 +23,7 @@
 #include "dbimage.h"
 #include "log.h"
 #include "snapview.h"
+#include "sqlproto.h"
 
 #define SNAP_VFS_NAME "dbmovefs-snap"
 #define SNAP_CTX_MAGIC 0x736e6170u /* "snap" */
@@ -338,12 +339,6 @@ static int view_error(const struct snap_ctx *ctx, sqlite3 *db, int rc, const cha
     }
 }
 
-/* 1 if the image's page size is one SQLite can have. */
-static int page_size_valid(uint32_t ps)
-{
-    return ps >= 512 && ps <= 65536 && (ps & (ps - 1)) == 0;
-}
-
 /* Opens a read-only connection on img through ctx (initialised here, must
  * outlive *dbp) and begins a read transaction so that every statement sees
  * the same pages without re-reading the header. 0 or -errno; on failure
@@ -356,7 +351,7 @@ static int view_open(const struct dbm_dbimage *img, struct snap_ctx *ctx, sqlite
 
     *dbp = NULL;
     *ctx = (struct snap_ctx){.magic = SNAP_CTX_MAGIC, .img = img};
-    if (!page_size_valid(img->page_size)) {
+    if (!dbm_page_size_valid(img->page_size)) {
         dbm_err("snapview: %s (txid %" PRIu64 "): page size %" PRIu32
                 " is not a power of two between 512 and 65536",
                 img->name, img->txid, img->page_size);

@@ -32,6 +32,11 @@ static int is_pow2_between(uint32_t v, uint32_t lo, uint32_t hi)
     return v >= lo && v <= hi && (v & (v - 1)) == 0;
 }
 
+int dbm_page_size_valid(uint32_t ps)
+{
+    return is_pow2_between(ps, 512, 65536);
+}
+
 /* ---- database header ---- */
 
 int dbm_dbhdr_parse(const void *buf, size_t len, struct dbm_dbhdr *out)
@@ -45,7 +50,7 @@ int dbm_dbhdr_parse(const void *buf, size_t len, struct dbm_dbhdr *out)
     page_size = (uint32_t)p[16] << 8 | p[17];
     if (page_size == 1)
         page_size = 65536;
-    if (!is_pow2_between(page_size, 512, 65536))
+    if (!dbm_page_size_valid(page_size))
         return -EINVAL;
     /* Versions above 2 are future formats this daemon cannot follow;
      * 21..23 are fixed by the format (payload fractions 64, 32, 32). */
@@ -98,7 +103,7 @@ int dbm_jhdr_parse(const void *buf, size_t len, struct dbm_jhdr *out)
     if (!hot)
         return 0;
     /* The limits SQLite's own readJournalHdr() applies. */
-    if (!is_pow2_between(out->page_size, 512, 65536) ||
+    if (!dbm_page_size_valid(out->page_size) ||
         !is_pow2_between(out->sector_size, 32, 65536)) {
         memset(out, 0, sizeof(*out));
         return -EINVAL;

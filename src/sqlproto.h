@@ -22,6 +22,9 @@ struct dbm_dbhdr {
 /* 0 if buf (len >= 100) holds a valid SQLite 3 header, -EINVAL otherwise. */
 int dbm_dbhdr_parse(const void *buf, size_t len, struct dbm_dbhdr *out);
 
+/* 1 if ps is a page size SQLite can have: a power of two from 512 to 65536. */
+int dbm_page_size_valid(uint32_t ps);
+
 /* The page that holds byte 0x40000000 for this page size (never written). */
 uint32_t dbm_lock_page(uint32_t page_size);
 
