@@ -142,6 +142,16 @@ void dbm_cap_free(struct base *b)
         close(b->cursor_fd);
 }
 
+/* The database size in pages a commit leaves: the in-header size when it is
+ * valid (a VACUUM that shrinks the file truncates it only after the journal
+ * is gone), the file's size otherwise. */
+static uint32_t committed_pages(const struct dbm_dbhdr *h, uint64_t fsz)
+{
+    if (h->version_valid == h->change_counter && h->db_pages)
+        return h->db_pages;
+    return (uint32_t)(fsz / h->page_size);
+}
+
 /* Reads page 1's header from the database file. -ENODATA if it is empty. */
 static int read_dbhdr(struct base *b, struct dbm_dbhdr *h, uint64_t *size)
 {
@@ -314,14 +324,13 @@ int dbm_cap_journal_written(struct base *b, off_t off, size_t size)
     return 0;
 }
 
-/* 1 if page pgno (in data) equals what the history holds at its last
- * transaction, 0 if not, -errno. cur: page_size bytes of scratch. */
-static int same_as_recorded(struct base *b, uint32_t pgno, const uint8_t *data, uint8_t *cur)
+/* 1 if page pgno (in data) equals what the history holds at last_txid (its
+ * last transaction; 0: none), 0 if not, -errno. cur: page_size bytes. */
+static int same_as_recorded(struct base *b, uint64_t last_txid, uint32_t pgno, const uint8_t *data, uint8_t *cur)
 {
-    struct dbm_tl_stat st;
-    if (!b->tl || dbm_tl_stat(b->tl, &st) < 0 || !st.last_txid)
+    if (!last_txid)
         return 0;
-    int rc = dbm_tl_read_page(b->tl, st.last_txid, pgno, cur);
+    int rc = dbm_tl_read_page(b->tl, last_txid, pgno, cur);
     if (rc < 0)
         return rc;
     return rc == 0 && memcmp(cur, data, b->page_size) == 0;
@@ -346,14 +355,12 @@ static int rb_commit(struct base *b)
         dbm_err("%s/%s: page 1 is not a SQLite header at commit: refusing to record garbage", b->l->env, b->name);
         return -EIO;
     }
-    /* The committed size is the in-header one when valid: a VACUUM that
-     * shrinks the file truncates it only after the journal is gone. */
-    uint32_t ps = h.page_size, db_pages = (uint32_t)(fsz / ps);
-    if (h.version_valid == h.change_counter && h.db_pages)
-        db_pages = h.db_pages;
+    uint32_t ps = h.page_size, db_pages = committed_pages(&h, fsz);
     /* no new change counter: a rollback restoring pages, or exclusive
      * locking mode (which bumps it once): record only what really changed */
     int filter = b->tl && b->page_size == ps && h.change_counter == b->last_counter;
+    struct dbm_tl_stat tst;
+    uint64_t last_txid = filter && dbm_tl_stat(b->tl, &tst) == 0 ? tst.last_txid : 0;
     qsort(b->dirty, b->ndirty, sizeof *b->dirty, u32_cmp);
     struct batch bt;
     uint8_t page1[100], *cur = filter ? malloc(ps) : NULL;
@@ -372,7 +379,7 @@ static int rb_commit(struct base *b)
             rc = r < 0 ? (int)r : -EIO;
             goto out;
         }
-        if (filter && (rc = same_as_recorded(b, pgno, slot, cur)) != 0) {
+        if (filter && (rc = same_as_recorded(b, last_txid, pgno, slot, cur)) != 0) {
             if (rc < 0)
                 goto out;
             continue;
@@ -779,8 +786,7 @@ int dbm_cap_recover(struct base *b)
         return journal_recover(b);
     if (b->wal_mode || fsz < 100)
         return 0;
-    uint32_t pages = h.version_valid == h.change_counter && h.db_pages ? h.db_pages : (uint32_t)(fsz / h.page_size);
-    if (!b->tl || h.change_counter != b->last_counter || b->db_pages != pages)
+    if (!b->tl || h.change_counter != b->last_counter || b->db_pages != committed_pages(&h, fsz))
         return resync(b, fsz, h.page_size);
     return 0;
 }
