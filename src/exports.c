@@ -21,6 +21,23 @@
 
 #define KEY_LEN 32 /* hex characters of the key used in file names */
 
+/* Cache files: <key>.bacpac (a complete export), <key>.sha256 (its checksum
+ * and size), <key>.bacpac.part (a production in progress). */
+#define SUFFIX_DATA ".bacpac"
+#define SUFFIX_SUM ".sha256"
+#define SUFFIX_PART ".bacpac.part"
+
+struct cache_name {
+    char s[KEY_LEN + 16];
+};
+
+static struct cache_name cache_name(const char *key, const char *suffix)
+{
+    struct cache_name n;
+    snprintf(n.s, sizeof n.s, "%s%s", key, suffix);
+    return n;
+}
+
 struct dbm_export {
     struct dbm_exports *x;
     char key[KEY_LEN + 1];
@@ -47,6 +64,15 @@ struct dbm_exports {
     size_t n, cap;
     uint64_t produced_total;
 };
+
+/* What bacpac produces snap's export from. The level is part of the
+ * export's identity (same state, same bytes): never vary it. */
+static struct dbm_bacpac_params params_of(const struct dbm_snapshot *s)
+{
+    struct dbm_bacpac_params p = { .env = s->env, .env_type = s->env_type, .instant_ns = s->canonical_ns,
+                                   .dbs = s->dbs, .ndbs = s->n, .level = 3 };
+    return p;
+}
 
 static int key_of(const struct dbm_snapshot *s, char key[KEY_LEN + 1])
 {
@@ -98,7 +124,7 @@ int dbm_exports_open(const char *cache_dir, uint64_t bound_bytes, struct dbm_exp
     DIR *d = fdopendir(dup(x->dirfd));
     struct dirent *de;
     while (d && (de = readdir(d)))
-        if (strstr(de->d_name, ".part"))
+        if (strstr(de->d_name, SUFFIX_PART))
             unlinkat(x->dirfd, de->d_name, 0);
     if (d)
         closedir(d);
@@ -175,11 +201,8 @@ static void evict_locked(struct dbm_exports *x)
         }
         if (total <= x->bound || !lru)
             return;
-        char name[KEY_LEN + 16];
-        snprintf(name, sizeof name, "%s.bacpac", lru->key);
-        unlinkat(x->dirfd, name, 0);
-        snprintf(name, sizeof name, "%s.sha256", lru->key);
-        unlinkat(x->dirfd, name, 0);
+        unlinkat(x->dirfd, cache_name(lru->key, SUFFIX_DATA).s, 0);
+        unlinkat(x->dirfd, cache_name(lru->key, SUFFIX_SUM).s, 0);
         dbm_info("export cache: evicted %s (%llu bytes) to stay within %llu bytes", lru->label,
                  (unsigned long long)lru->size, (unsigned long long)x->bound);
         x->v[at] = x->v[--x->n];
@@ -220,18 +243,17 @@ static int cancelled(void *arg)
 static int publish(struct dbm_export *e, const uint8_t sha[DBM_SHA256_LEN], uint64_t size)
 {
     struct dbm_exports *x = e->x;
-    char part[KEY_LEN + 16], fin[KEY_LEN + 16], meta[KEY_LEN + 16], line[128];
-    snprintf(part, sizeof part, "%s.bacpac.part", e->key);
-    snprintf(fin, sizeof fin, "%s.bacpac", e->key);
-    snprintf(meta, sizeof meta, "%s.sha256", e->key);
+    struct cache_name part = cache_name(e->key, SUFFIX_PART), fin = cache_name(e->key, SUFFIX_DATA),
+                      meta = cache_name(e->key, SUFFIX_SUM);
+    char line[128];
     dbm_crypto_hex(sha, DBM_SHA256_LEN, e->sha);
     int n = snprintf(line, sizeof line, "%s %llu\n", e->sha, (unsigned long long)size);
-    int fd = openat(x->dirfd, meta, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    int fd = openat(x->dirfd, meta.s, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     if (fd < 0)
         return -errno;
     int rc = dbm_pwrite_all(fd, line, (size_t)n, 0);
     close(fd);
-    if (rc == 0 && renameat(x->dirfd, part, x->dirfd, fin) < 0)
+    if (rc == 0 && renameat(x->dirfd, part.s, x->dirfd, fin.s) < 0)
         rc = -errno;
     return rc;
 }
@@ -240,8 +262,7 @@ static void *produce(void *arg)
 {
     struct dbm_export *e = arg;
     struct dbm_snapshot *s = e->snap;
-    struct dbm_bacpac_params p = { .env = s->env, .env_type = s->env_type, .instant_ns = s->canonical_ns,
-                                   .dbs = s->dbs, .ndbs = s->n, .level = 3 };
+    struct dbm_bacpac_params p = params_of(s);
     struct sinkctx c = { .e = e };
     uint8_t sha[DBM_SHA256_LEN];
     uint64_t size = 0, t0 = dbm_now_ns();
@@ -249,9 +270,7 @@ static void *produce(void *arg)
     if (rc == 0)
         rc = publish(e, sha, size);
     if (rc < 0) {
-        char part[KEY_LEN + 16];
-        snprintf(part, sizeof part, "%s.bacpac.part", e->key);
-        unlinkat(e->x->dirfd, part, 0);
+        unlinkat(e->x->dirfd, cache_name(e->key, SUFFIX_PART).s, 0);
         if (rc != -ECANCELED)
             dbm_err("export %s failed: %s", e->label, strerror(-rc));
     } else {
@@ -281,10 +300,8 @@ static void *produce(void *arg)
 /* A cached file from this or an earlier run. x->mu held. */
 static struct dbm_export *load_cached(struct dbm_exports *x, const char *key)
 {
-    char fin[KEY_LEN + 16], meta[KEY_LEN + 16], line[128] = "";
-    snprintf(fin, sizeof fin, "%s.bacpac", key);
-    snprintf(meta, sizeof meta, "%s.sha256", key);
-    int mfd = openat(x->dirfd, meta, O_RDONLY | O_CLOEXEC);
+    char line[128] = "";
+    int mfd = openat(x->dirfd, cache_name(key, SUFFIX_SUM).s, O_RDONLY | O_CLOEXEC);
     if (mfd < 0)
         return NULL;
     ssize_t n = read(mfd, line, sizeof line - 1);
@@ -293,7 +310,7 @@ static struct dbm_export *load_cached(struct dbm_exports *x, const char *key)
     unsigned long long size;
     if (n <= 0 || sscanf(line, "%64s %llu", sha, &size) != 2 || strlen(sha) != DBM_SHA256_HEX_LEN)
         return NULL;
-    int fd = openat(x->dirfd, fin, O_RDONLY | O_CLOEXEC);
+    int fd = openat(x->dirfd, cache_name(key, SUFFIX_DATA).s, O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0 || (uint64_t)st.st_size != size) {
         if (fd >= 0)
@@ -343,9 +360,7 @@ int dbm_export_get(struct dbm_exports *x, struct dbm_snapshot *snap, struct dbm_
         }
         pthread_mutex_init(&e->mu, NULL);
         pthread_cond_init(&e->cv, NULL);
-        char part[KEY_LEN + 16];
-        snprintf(part, sizeof part, "%s.bacpac.part", key);
-        e->fd = openat(x->dirfd, part, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+        e->fd = openat(x->dirfd, cache_name(key, SUFFIX_PART).s, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
         if (e->fd < 0) {
             rc = -errno;
             export_free(e);
@@ -355,8 +370,7 @@ int dbm_export_get(struct dbm_exports *x, struct dbm_snapshot *snap, struct dbm_
         memcpy(e->key, key, sizeof e->key);
         dbm_snapshot_get(snap);
         e->snap = snap;
-        struct dbm_bacpac_params p = { .env = snap->env, .env_type = snap->env_type, .instant_ns = snap->canonical_ns,
-                                       .dbs = snap->dbs, .ndbs = snap->n, .level = 3 };
+        struct dbm_bacpac_params p = params_of(snap);
         e->bound = dbm_bacpac_size_bound(&p);
         e->producing = 1;
         if ((rc = pthread_create(&e->thread, NULL, produce, e)) != 0) {
@@ -501,8 +515,7 @@ int dbm_export_peek_size(struct dbm_exports *x, struct dbm_snapshot *snap, uint6
     }
     pthread_mutex_unlock(&x->mu);
     if (!done) {
-        struct dbm_bacpac_params p = { .env = snap->env, .env_type = snap->env_type, .instant_ns = snap->canonical_ns,
-                                       .dbs = snap->dbs, .ndbs = snap->n, .level = 3 };
+        struct dbm_bacpac_params p = params_of(snap);
         *size = dbm_bacpac_size_bound(&p);
     }
     return done;
