@@ -58,52 +58,28 @@ static int file_close(sqlite3_file *f)
     return SQLITE_OK;
 }
 
-/* Copies page pgno's bytes [in, in + n) to dst. 0 or -errno (logged once). */
-static int file_read_page(struct snap_file *sf, uint32_t pgno, size_t in, size_t n, unsigned char *dst)
-{
-    const struct dbm_dbimage *img = sf->ctx->img;
-    int rc;
-    if (in == 0 && n == img->page_size) {
-        rc = dbm_dbimage_read_page(img, pgno, dst);
-    } else {
-        rc = dbm_dbimage_read_page(img, pgno, sf->scratch);
-        if (rc == 0)
-            memcpy(dst, sf->scratch + in, n);
-    }
-    if (rc < 0 && sf->ctx->read_err == 0) {
-        sf->ctx->read_err = rc;
-        dbm_err("snapview: %s (txid %" PRIu64 "): page %" PRIu32 ": %s", img->name, img->txid, pgno,
-                strerror(-rc));
-    }
-    return rc;
-}
-
-/* Serves any range; past the end the rest is zeros and SQLite is told it was
- * a short read, as the VFS contract requires. */
+/* Serves any range through dbm_dbimage_pread (checksummed pages, the page-1
+ * rollback-format rewrite); past the end the rest is zeros and SQLite is told
+ * it was a short read, as the VFS contract requires. A failing page fails the
+ * read and is logged once per open. */
 static int file_read(sqlite3_file *f, void *buf, int amt, sqlite3_int64 ofst)
 {
     struct snap_file *sf = (struct snap_file *)f;
     const struct dbm_dbimage *img = sf->ctx->img;
-    uint64_t total = (uint64_t)img->page_size * img->db_pages;
-    unsigned char *out = buf;
     size_t size = amt > 0 ? (size_t)amt : 0;
-    size_t done = 0;
-
     if (ofst < 0)
         return SQLITE_IOERR_READ;
-    while (done < size && (uint64_t)ofst + done < total) {
-        uint64_t pos = (uint64_t)ofst + done;
-        uint32_t pgno = (uint32_t)(pos / img->page_size) + 1;
-        size_t in = (size_t)(pos % img->page_size);
-        size_t n = img->page_size - in;
-        if (n > size - done)
-            n = size - done;
-        if (file_read_page(sf, pgno, in, n, out + done) < 0)
-            return SQLITE_IOERR_READ;
-        done += n;
+    ssize_t n = dbm_dbimage_pread(img, buf, size, (uint64_t)ofst, sf->scratch);
+    if (n < 0) {
+        if (sf->ctx->read_err == 0) {
+            sf->ctx->read_err = (int)n;
+            dbm_err("snapview: %s (txid %" PRIu64 "): read at offset %lld: %s", img->name, img->txid,
+                    (long long)ofst, strerror((int)-n));
+        }
+        return SQLITE_IOERR_READ;
     }
-    if (done < size) {
-        memset(out + done, 0, size - done);
+    if ((size_t)n < size) {
+        memset((unsigned char *)buf + n, 0, size - (size_t)n);
         return SQLITE_IOERR_SHORT_READ;
     }
     return SQLITE_OK;
