@@ -387,8 +387,9 @@ static void open_view(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     v->idx = (int)idx;
     fi->fh = (uintptr_t)v;
     /* a past instant never changes: let the page cache keep it; latest may */
-    fi->keep_cache = !slot_is_latest(slot);
-    fi->direct_io = slot_is_latest(slot);
+    int latest = slot_is_latest(slot);
+    fi->keep_cache = !latest;
+    fi->direct_io = latest;
     fuse_reply_open(req, fi);
 }
 

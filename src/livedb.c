@@ -241,12 +241,19 @@ static size_t count_dbs(struct dbm_livedb *l)
     return n;
 }
 
+/* The backing file's own stat, through its descriptor when it has one. */
+static int backing_stat(struct dbm_livedb *l, struct dbfile *f, struct stat *st)
+{
+    int rc = f->fd >= 0 ? fstat(f->fd, st) : fstatat(l->dirfd, f->name, st, 0);
+    return rc < 0 ? -errno : 0;
+}
+
 /* l->mu held. */
 static int file_stat(struct dbm_livedb *l, struct dbfile *f, struct stat *st)
 {
-    int rc = f->fd >= 0 ? fstat(f->fd, st) : fstatat(l->dirfd, f->name, st, 0);
+    int rc = backing_stat(l, f, st);
     if (rc < 0)
-        return -errno;
+        return rc;
     st->st_mode = S_IFREG | l->fmode;
     st->st_uid = l->uid;
     st->st_gid = l->gid;
@@ -720,8 +727,7 @@ void dbm_livedb_report(struct dbm_livedb *l, struct dbm_sbuf *sb)
             continue;
         }
         struct stat st;
-        uint64_t size = b->db->fd >= 0 ? (fstat(b->db->fd, &st) == 0 ? (uint64_t)st.st_size : 0)
-                                       : (fstatat(l->dirfd, b->db->name, &st, 0) == 0 ? (uint64_t)st.st_size : 0);
+        uint64_t size = backing_stat(l, b->db, &st) == 0 ? (uint64_t)st.st_size : 0;
         struct dbm_tl_stat ts;
         memset(&ts, 0, sizeof ts);
         if (b->tl)
