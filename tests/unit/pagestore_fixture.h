@@ -380,6 +380,24 @@ static int reopen_and_check(struct dbm_store *s, uint64_t id, struct oracle *o, 
 
 /* ---- injected faults ---- */
 
+/* The end of a fault test: the timeline still equals the oracle, and so it
+ * does once the store is closed and opened again. Closes and frees all. */
+static void finish_fault_test(struct dbm_store *s, const char *dir, uint64_t id, struct dbm_timeline *t,
+                              struct oracle *o)
+{
+    struct dbm_tl_stat st;
+    CHECK_EQ_INT(check_all(t, o, 1), 0);
+    dbm_tl_close(t);
+    s = store_reopen(s, dir, 16 * 1024, 1ull << 40);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    CHECK_EQ_INT(dbm_tl_stat(t, &st), 0);
+    CHECK_EQ_INT(st.last_txid, oracle_last(o));
+    CHECK_EQ_INT(check_all(t, o, 1), 0);
+    dbm_tl_close(t);
+    dbm_store_close(s);
+    oracle_free(o);
+}
+
 static int fault_after;     /* calls to let through before failing */
 static int fault_errno;
 static int fault_partial;   /* write half of the failing pwrite first */

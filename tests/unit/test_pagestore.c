@@ -454,16 +454,7 @@ static void test_faults(void)
     CHECK_EQ_INT(bad, 0);
     CHECK(failed >= 25);
     CHECK(renames >= 1);
-    CHECK_EQ_INT(check_all(t, &o, 1), 0);
-    dbm_tl_close(t);
-    s = store_reopen(s, dir, 16 * 1024, 1ull << 40);
-    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
-    CHECK_EQ_INT(dbm_tl_stat(t, &st), 0);
-    CHECK_EQ_INT(st.last_txid, oracle_last(&o));
-    CHECK_EQ_INT(check_all(t, &o, 1), 0);
-    dbm_tl_close(t);
-    dbm_store_close(s);
-    oracle_free(&o);
+    finish_fault_test(s, dir, id, t, &o);
 }
 
 static void test_concurrent(void)

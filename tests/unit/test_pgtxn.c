@@ -314,16 +314,7 @@ static void test_stream_faults(void)
     CHECK_EQ_INT(bad, 0);
     CHECK(in_add >= 6);
     CHECK(in_commit >= 20);
-    CHECK_EQ_INT(check_all(t, &o, 1), 0);
-    dbm_tl_close(t);
-    s = store_reopen(s, dir, 16 * 1024, 1ull << 40);
-    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
-    CHECK_EQ_INT(dbm_tl_stat(t, &st), 0);
-    CHECK_EQ_INT(st.last_txid, oracle_last(&o));
-    CHECK_EQ_INT(check_all(t, &o, 1), 0);
-    dbm_tl_close(t);
-    dbm_store_close(s);
-    oracle_free(&o);
+    finish_fault_test(s, dir, id, t, &o);
 }
 
 /* A child process streams oracle entry i and dies: before its commit if
