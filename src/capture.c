@@ -32,6 +32,7 @@
 #include "log.h"
 #include "pagestore.h"
 #include "sysio.h"
+#include "strutil.h"
 #include "timefmt.h"
 
 #define SUPPORTED_MODES "supported: journal_mode DELETE, TRUNCATE, PERSIST or WAL"
@@ -59,14 +60,8 @@ static int dirty_add(struct base *b, uint32_t pgno)
     }
     if (b->dirty_bits[byte] & (1u << (pgno % 8)))
         return 0;
-    if (b->ndirty == b->dirty_cap) {
-        size_t nc = b->dirty_cap ? b->dirty_cap * 2 : 64;
-        uint32_t *tmp = realloc(b->dirty, nc * sizeof *tmp);
-        if (!tmp)
-            return -ENOMEM;
-        b->dirty = tmp;
-        b->dirty_cap = nc;
-    }
+    if (dbm_grow((void **)&b->dirty, &b->dirty_cap, b->ndirty + 1, sizeof *b->dirty) < 0)
+        return -ENOMEM;
     b->dirty_bits[byte] |= (uint8_t)(1u << (pgno % 8));
     b->dirty[b->ndirty++] = pgno;
     return 0;
@@ -512,15 +507,8 @@ static int wal_capture_one(struct base *b, uint64_t limit)
         struct dbm_walframe fr;
         if (dbm_walframe_check(frame, ps, &b->wh, &ck, &fr) < 0)
             goto out; /* not complete (or a later generation's leftovers) */
-        if (n == cap) {
-            struct frameref *tmp = realloc(refs, cap * 2 * sizeof *tmp);
-            if (!tmp) {
-                rc = -ENOMEM;
-                goto out;
-            }
-            refs = tmp;
-            cap *= 2;
-        }
+        if ((rc = dbm_grow((void **)&refs, &cap, n + 1, sizeof *refs)) < 0)
+            goto out;
         refs[n].pgno = fr.pgno;
         refs[n].idx = (uint32_t)n;
         n++;

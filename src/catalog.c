@@ -265,16 +265,8 @@ static int select_dbs(struct dbm_catalog *c, const char *sql, const char *env, c
             row_to_db(st, one);
             break;
         }
-        if (n == cap) {
-            size_t nc = cap ? cap * 2 : 16;
-            struct dbm_cat_db *tmp = realloc(rows, nc * sizeof *tmp);
-            if (!tmp) {
-                ret = -ENOMEM;
-                break;
-            }
-            rows = tmp;
-            cap = nc;
-        }
+        if ((ret = dbm_grow((void **)&rows, &cap, n + 1, sizeof *rows)) < 0)
+            break;
         row_to_db(st, &rows[n++]);
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)

@@ -342,16 +342,8 @@ int dbm_export_get(struct dbm_exports *x, struct dbm_snapshot *snap, struct dbm_
     for (size_t i = 0; i < x->n && !e; i++)
         if (strcmp(x->v[i]->key, key) == 0 && !x->v[i]->error)
             e = x->v[i];
-    if (!e && x->n == x->cap) {
-        size_t nc = x->cap ? x->cap * 2 : 16;
-        struct dbm_export **tmp = realloc(x->v, nc * sizeof *tmp);
-        if (!tmp) {
-            rc = -ENOMEM;
-            goto out;
-        }
-        x->v = tmp;
-        x->cap = nc;
-    }
+    if (!e && (rc = dbm_grow((void **)&x->v, &x->cap, x->n + 1, sizeof *x->v)) < 0)
+        goto out;
     if (!e && (e = load_cached(x, key)) == NULL) {
         /* start a production */
         if (!(e = calloc(1, sizeof *e))) {
@@ -501,11 +493,7 @@ int dbm_export_peek_size(struct dbm_exports *x, struct dbm_snapshot *snap, uint6
         c->x = x;
         memcpy(c->key, key, sizeof c->key);
         snprintf(c->label, sizeof c->label, "%s@cached", snap->env);
-        struct dbm_export **tmp = x->n == x->cap ? realloc(x->v, (x->cap ? x->cap * 2 : 16) * sizeof *tmp) : x->v;
-        if (tmp) {
-            if (x->n == x->cap)
-                x->cap = x->cap ? x->cap * 2 : 16;
-            x->v = tmp;
+        if (dbm_grow((void **)&x->v, &x->cap, x->n + 1, sizeof *x->v) == 0) {
             x->v[x->n++] = c;
             *size = c->size;
             done = 1;

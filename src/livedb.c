@@ -26,14 +26,8 @@ static struct base *base_get(struct dbm_livedb *l, const char *name)
     for (size_t i = 0; i < l->nbases; i++)
         if (strcmp(l->bases[i]->name, name) == 0)
             return l->bases[i];
-    if (l->nbases == l->bases_cap) {
-        size_t nc = l->bases_cap ? l->bases_cap * 2 : 8;
-        struct base **tmp = realloc(l->bases, nc * sizeof *tmp);
-        if (!tmp)
-            return NULL;
-        l->bases = tmp;
-        l->bases_cap = nc;
-    }
+    if (dbm_grow((void **)&l->bases, &l->bases_cap, l->nbases + 1, sizeof *l->bases) < 0)
+        return NULL;
     struct base *b = calloc(1, sizeof *b);
     if (!b)
         return NULL;
@@ -78,14 +72,8 @@ static struct dbfile *file_add(struct dbm_livedb *l, const char *name)
     enum dbm_sqlfile kind = dbm_sqlfile_classify(name, basename, sizeof basename);
     if (kind == DBM_SQLFILE_NONE)
         return NULL;
-    if (l->nfiles == l->files_cap) {
-        size_t nc = l->files_cap ? l->files_cap * 2 : 16;
-        struct dbfile **tmp = realloc(l->files, nc * sizeof *tmp);
-        if (!tmp)
-            return NULL;
-        l->files = tmp;
-        l->files_cap = nc;
-    }
+    if (dbm_grow((void **)&l->files, &l->files_cap, l->nfiles + 1, sizeof *l->files) < 0)
+        return NULL;
     struct dbfile *f = calloc(1, sizeof *f);
     struct base *b = base_get(l, basename);
     if (!f || !b) {

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "strutil.h"
+
 void dbm_locktab_free(struct dbm_locktab *t)
 {
     free(t->v);
@@ -36,14 +38,8 @@ int dbm_lock_test(const struct dbm_locktab *t, uint64_t owner, short type, uint6
 
 static int push(struct dbm_locktab *t, const struct dbm_lock *l)
 {
-    if (t->n == t->cap) {
-        size_t nc = t->cap ? t->cap * 2 : 8;
-        struct dbm_lock *tmp = realloc(t->v, nc * sizeof *tmp);
-        if (!tmp)
-            return -ENOMEM;
-        t->v = tmp;
-        t->cap = nc;
-    }
+    if (dbm_grow((void **)&t->v, &t->cap, t->n + 1, sizeof *t->v) < 0)
+        return -ENOMEM;
     t->v[t->n++] = *l;
     return 0;
 }

@@ -15,6 +15,7 @@
 
 #include "crc32c.h"
 #include "log.h"
+#include "strutil.h"
 #include "sysio.h"
 
 _Static_assert(sizeof(struct pgs_seg_hdr) == PGS_SEG_HDR, "segment header layout");
@@ -206,27 +207,12 @@ static int hash_grow(struct pgs_seg *g, size_t need)
     return 0;
 }
 
-static int grow(void **arr, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return 0;
-    size_t c = *cap ? *cap : 16;
-    while (c < need)
-        c *= 2;
-    void *tmp = realloc(*arr, c * elem);
-    if (!tmp)
-        return -ENOMEM;
-    *arr = tmp;
-    *cap = c;
-    return 0;
-}
-
 int dbm_pgs_seg_reserve(struct pgs_seg *g, size_t n)
 {
     if (g->nment + n >= UINT32_MAX)
         return -EFBIG;
-    if (grow((void **)&g->atx, &g->catx, g->natx + 1, sizeof *g->atx) ||
-        grow((void **)&g->ments, &g->cment, g->nment + n, sizeof *g->ments) ||
+    if (dbm_grow((void **)&g->atx, &g->catx, g->natx + 1, sizeof *g->atx) ||
+        dbm_grow((void **)&g->ments, &g->cment, g->nment + n, sizeof *g->ments) ||
         hash_grow(g, g->hused + n))
         return -ENOMEM;
     return 0;
@@ -316,7 +302,7 @@ static int pend_reserve(struct pgs_pending *p, size_t k)
 {
     if (p->n + k >= UINT32_MAX)
         return -EFBIG;
-    if (grow((void **)&p->ents, &p->cap, p->n + k, sizeof *p->ents))
+    if (dbm_grow((void **)&p->ents, &p->cap, p->n + k, sizeof *p->ents))
         return -ENOMEM;
     if (2 * (p->n + k) <= p->hcap)
         return 0;

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "snapview.h"
 #include "sqlproto.h"
+#include "strutil.h"
 
 #define SNAP_VFS_NAME "dbmovefs-snap"
 #define SNAP_CTX_MAGIC 0x736e6170u /* "snap" */
@@ -375,14 +376,8 @@ void dbm_table_counts_free(struct dbm_table_count *v, size_t n)
 /* Appends a copy of name to *v (count *n, capacity *cap). 0 or -ENOMEM. */
 static int counts_push(struct dbm_table_count **v, size_t *n, size_t *cap, const char *name)
 {
-    if (*n == *cap) {
-        size_t ncap = *cap ? *cap * 2 : 16;
-        struct dbm_table_count *tmp = realloc(*v, ncap * sizeof **v);
-        if (!tmp)
-            return -ENOMEM;
-        *v = tmp;
-        *cap = ncap;
-    }
+    if (dbm_grow((void **)v, cap, *n + 1, sizeof **v) < 0)
+        return -ENOMEM;
     char *copy = strdup(name);
     if (!copy)
         return -ENOMEM;

@@ -2,6 +2,7 @@
 #include "strutil.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +73,21 @@ void dbm_sbuf_free(struct dbm_sbuf *b)
     b->buf = NULL;
     b->len = b->cap = 0;
     b->failed = 0;
+}
+
+int dbm_grow(void **arr, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : 16;
+    while (c < need)
+        c *= 2;
+    void *tmp = realloc(*arr, c * elem);
+    if (!tmp)
+        return -ENOMEM;
+    *arr = tmp;
+    *cap = c;
+    return 0;
 }
 
 size_t dbm_strlcpy(char *dst, const char *src, size_t size)

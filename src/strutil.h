@@ -19,6 +19,10 @@ void dbm_sbuf_kv(struct dbm_sbuf *b, const char *key, const char *fmt, ...) __at
 int dbm_sbuf_ok(const struct dbm_sbuf *b); /* 1 if no allocation failed */
 void dbm_sbuf_free(struct dbm_sbuf *b);
 
+/* Makes room for need elements of elem bytes in *arr (capacity *cap),
+ * doubling as it grows. 0, or -ENOMEM with *arr and *cap unchanged. */
+int dbm_grow(void **arr, size_t *cap, size_t need, size_t elem);
+
 /* strlcpy semantics: always terminates; returns strlen(src). */
 size_t dbm_strlcpy(char *dst, const char *src, size_t size);
 /* Trims ASCII whitespace at both ends, in place; returns s. */
