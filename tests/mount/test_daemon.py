@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import BIN, Mount, kv, run, wait_for
+from conftest import BIN, ROOT, Mount, kv, run, wait_for
 
 
 def test_help_and_version():
@@ -29,9 +29,8 @@ def test_init_creates_commented_config_and_refuses_overwrite(tmpbase):
     assert "[env uat]" in conf and "type = sandbox" in conf
     assert "[env dev]" in conf and "type = devtest" in conf
     assert conf.count("#") > 10  # commented
-    sample = os.path.join(os.path.dirname(BIN), "..", "..", "contrib", "dbmovefs.conf.sample")
-    if os.path.exists(sample):  # contrib's sample is what --init writes
-        assert open(sample).read() == conf
+    # contrib's sample is what --init writes
+    assert open(os.path.join(ROOT, "contrib", "dbmovefs.conf.sample")).read() == conf
     p = run(BIN, "--init", state, check=False)
     assert p.returncode != 0
     assert "refusing to overwrite" in p.stderr
@@ -253,7 +252,7 @@ def test_systemd_unit_verifies(tmpbase):
     import shutil as sh
     if not sh.which("systemd-analyze"):
         pytest.skip("systemd-analyze is not installed")
-    unit = open(os.path.join(os.path.dirname(BIN), "..", "..", "contrib", "dbmovefs.service")).read()
+    unit = open(os.path.join(ROOT, "contrib", "dbmovefs.service")).read()
     assert "ExecStart=/usr/local/bin/dbmovefs -f" in unit  # the path meson install uses
     path = os.path.join(tmpbase, "dbmovefs.service")
     open(path, "w").write(unit.replace("/usr/local/bin/dbmovefs", os.path.abspath(BIN)))
