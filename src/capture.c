@@ -332,8 +332,9 @@ static int same_as_recorded(struct base *b, uint64_t last_txid, uint32_t pgno, c
 }
 
 /* Records the transaction whose pages are in the dirty set, reading them
- * back from the database file a batch at a time. */
-static int rb_commit(struct base *b)
+ * back from the database file a batch at a time. whole: record every dirty
+ * page even if the history already holds it (a resync). */
+static int rb_commit(struct base *b, int whole)
 {
     if (!b->db || b->ndirty == 0) {
         dirty_clear(b);
@@ -353,7 +354,7 @@ static int rb_commit(struct base *b)
     uint32_t ps = h.page_size, db_pages = committed_pages(&h, fsz);
     /* no new change counter: a rollback restoring pages, or exclusive
      * locking mode (which bumps it once): record only what really changed */
-    int filter = b->tl && b->page_size == ps && h.change_counter == b->last_counter;
+    int filter = !whole && b->tl && b->page_size == ps && h.change_counter == b->last_counter;
     struct dbm_tl_stat tst;
     uint64_t last_txid = filter && dbm_tl_stat(b->tl, &tst) == 0 ? tst.last_txid : 0;
     qsort(b->dirty, b->ndirty, sizeof *b->dirty, u32_cmp);
@@ -402,7 +403,7 @@ out_nobatch:
 
 int dbm_cap_journal_commit(struct base *b, enum jmode how)
 {
-    int rc = rb_commit(b);
+    int rc = rb_commit(b, 0);
     if (rc < 0)
         return rc;
     b->journal_active = 0;
@@ -730,8 +731,7 @@ static int resync(struct base *b, uint64_t fsz, uint32_t ps)
         if (rc < 0)
             return rc;
     }
-    b->last_counter ^= 1; /* force: record even pages equal to the history */
-    return rb_commit(b);
+    return rb_commit(b, 1);
 }
 
 int dbm_cap_recover(struct base *b)

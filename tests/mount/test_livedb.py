@@ -375,3 +375,17 @@ def test_limits_are_enforced_with_clear_errors(new_mount, tmpbase):
         ["ok", str(ok)]
     m.stop()
     same_as_history(m, "prod", "b.db", tmpbase)
+
+
+def test_database_placed_by_hand_is_recorded_whole_at_start(new_mount, tmpbase):
+    m = new_mount(start=False)
+    path = os.path.join(m.state, "envs", "prod", "db")
+    os.makedirs(path, exist_ok=True)
+    run("sqlite3", os.path.join(path, "hand.db"),
+        "CREATE TABLE t(a, b); INSERT INTO t SELECT value, randomblob(500) FROM generate_series(1, 300);")
+    m.start()
+    assert "does not match its recorded history: recording it whole" in m.read_log()
+    assert int(db_info(m, "prod", "hand.db")["commits"]) == 1
+    assert sql(m.p("prod", "db", "hand.db"), "SELECT count(*) FROM t;").stdout.strip() == "300"
+    m.stop()
+    same_as_history(m, "prod", "hand.db", tmpbase)
