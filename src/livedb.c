@@ -395,7 +395,6 @@ int dbm_livedb_open_file(struct dbm_livedb *l, uint64_t id, int flags, struct db
 }
 
 int dbm_livedb_handle_fd(struct dbm_dbhandle *h) { return h->f->fd; }
-int dbm_livedb_handle_is_shm(struct dbm_dbhandle *h) { return h->f->kind == DBM_SQLFILE_SHM; }
 
 /* Finds name's file and its base, or -ENOENT. */
 static int find(struct dbm_livedb *l, const char *name, struct dbfile **fp, struct base **bp)
@@ -479,12 +478,6 @@ out:
         pthread_mutex_unlock(&l->mu);
     }
     return rc;
-}
-
-ssize_t dbm_livedb_read(struct dbm_dbhandle *h, void *buf, size_t size, off_t off)
-{
-    ssize_t n = pread(h->f->fd, buf, size, off);
-    return n < 0 ? -errno : n;
 }
 
 ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, off_t off)

@@ -58,8 +58,6 @@ int dbm_livedb_truncate(struct dbm_livedb *l, uint64_t id, uint64_t size, struct
 int dbm_livedb_open_file(struct dbm_livedb *l, uint64_t id, int flags, struct dbm_dbhandle **h);
 /* The backing descriptor, for zero-copy reads (fsops splices from it). */
 int dbm_livedb_handle_fd(struct dbm_dbhandle *h);
-int dbm_livedb_handle_is_shm(struct dbm_dbhandle *h);
-ssize_t dbm_livedb_read(struct dbm_dbhandle *h, void *buf, size_t size, off_t off);
 ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, off_t off);
 int dbm_livedb_fsync(struct dbm_dbhandle *h, int datasync);
 /* fsyncdir on db/: makes creations and removals durable. */

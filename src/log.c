@@ -24,7 +24,6 @@ void dbm_log_setup(int to_syslog, enum dbm_log_level level)
 }
 
 void dbm_log_set_level(enum dbm_log_level level) { cur_level = level; }
-enum dbm_log_level dbm_log_get_level(void) { return (enum dbm_log_level)cur_level; }
 
 int dbm_log_parse_level(const char *s, enum dbm_log_level *out)
 {
@@ -35,11 +34,6 @@ int dbm_log_parse_level(const char *s, enum dbm_log_level *out)
         }
     }
     return -EINVAL;
-}
-
-const char *dbm_log_level_name(enum dbm_log_level l)
-{
-    return (l >= DBM_LOG_ERR && l <= DBM_LOG_DEBUG) ? names[l] : "?";
 }
 
 void dbm_log(enum dbm_log_level level, const char *fmt, ...)

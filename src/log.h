@@ -8,10 +8,8 @@ enum dbm_log_level { DBM_LOG_ERR = 0, DBM_LOG_WARN, DBM_LOG_NOTICE, DBM_LOG_INFO
  * with the given identity. */
 void dbm_log_setup(int to_syslog, enum dbm_log_level level);
 void dbm_log_set_level(enum dbm_log_level level);
-enum dbm_log_level dbm_log_get_level(void);
 /* Parses "error|warning|notice|info|debug"; -EINVAL otherwise. */
 int dbm_log_parse_level(const char *s, enum dbm_log_level *out);
-const char *dbm_log_level_name(enum dbm_log_level l);
 
 void dbm_log(enum dbm_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
