@@ -35,7 +35,6 @@ struct dbm_env {
 struct dbm_daemon {
     char *state_dir;
     int lock_fd;                      /* flock'd for the daemon's life */
-    int foreground;
     pthread_rwlock_t cfg_lock;        /* protects cfg and every env->conf */
     struct dbm_config *cfg;
     struct dbm_catalog *cat;

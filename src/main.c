@@ -216,7 +216,6 @@ int main(int argc, char *argv[])
     enum dbm_log_level level = opts.debug ? DBM_LOG_DEBUG : (enum dbm_log_level)d->cfg->log_level;
     if (opts.foreground)
         dbm_log_set_level(level);
-    d->foreground = opts.foreground;
     int ready = -1, ret = 1;
     if (!opts.foreground) {
         if ((ready = daemonize()) < 0)
