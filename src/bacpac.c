@@ -1,9 +1,17 @@
 /* bacpac.c - see bacpac.h.
  *
- * Two passes over the images. Pass 1 reads each image once for its SHA-256
- * and asks snapview for its row counts, so the manifest (the first member)
- * is complete before any byte leaves. Pass 2 writes the tar stream into the
- * codec; the codec's output is hashed, counted and handed to the sink.
+ * The manifest (the first member) needs every image's SHA-256 and row
+ * counts, which take a read of every page. Waiting for them before
+ * compressing would leave a core idle for that whole read, so the two run
+ * side by side: a job thread hashes each image, noting each page's b-tree
+ * cell count as it goes (btcount.h: the counts then need only the interior
+ * pages, not a second read), while the calling thread compresses the
+ * database members as the body frame. Body output that arrives before the manifest is complete
+ * waits in an unnamed spool file; once the job is done, the manifest member
+ * is compressed as the head frame and emitted, then the spool, then the rest
+ * of the body as it comes. Output is a zstd stream of two frames (which any
+ * zstd decoder reads as one stream, like zstd's own concatenated frames).
+ * Every output byte passes bp_emit, in order: hashed, counted, sunk.
  *
  * The tar format is POSIX ustar with fixed fields (mode 0644, uid/gid 0,
  * root/root, mtime = commit time in seconds), so identical images give an
@@ -13,23 +21,29 @@
  * 10240-byte record, like GNU tar's default.
  *
  * Images are read in BP_BATCH-byte batches (page-aligned, so pages land in
- * the batch buffer without a copy); cancel() is polled between batches. */
+ * the batch buffer without a copy); cancel() is polled between batches, by
+ * both threads (it must be thread-safe). */
 #include "bacpac.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "btcount.h"
 #include "codec.h"
 #include "crypto.h"
 #include "dbimage.h"
 #include "sqlproto.h"
 #include "log.h"
 #include "snapview.h"
+#include "sysio.h"
 #include "timefmt.h"
 
 #define BP_BATCH (1u << 20)
@@ -37,14 +51,37 @@
 #define BP_RECORD 10240u
 #define BP_PAGE_MAX 65536u
 
-/* What pass 1 learns about one image. */
+/* What the manifest job learns about one image. */
 struct bp_db {
     uint8_t sha[DBM_SHA256_LEN];
     struct dbm_table_count *tables; /* owned */
     size_t ntables;
 };
 
-/* One export in progress. */
+struct bp_run;
+
+/* The manifest job: a thread hashing every image and counting its rows. It
+ * owns buf, scratch, hash and bt and fills run->dbs; the run reads those
+ * only after joining it. */
+struct bp_job {
+    struct bp_run *r;
+    pthread_t th;
+    int started, joined;      /* the producing thread's own */
+    unsigned char *buf;       /* owned: BP_BATCH bytes */
+    void *scratch;            /* owned: BP_PAGE_MAX bytes (partial pages, then btcount's page) */
+    struct dbm_sha256 *hash;  /* owned */
+    struct dbm_btcount bt;    /* owned: the current image's page notes */
+    int noting;               /* bt is in use for this image */
+    uint32_t next_pgno;       /* the page the next batch starts with */
+    const struct dbm_dbimage *img; /* the current image */
+    pthread_mutex_t mu;       /* guards done, stop and rc */
+    int done;                 /* rc is final */
+    int stop;                 /* the body failed: give up */
+    int rc;
+};
+
+/* One export in progress (everything but the job belongs to the thread
+ * that called dbm_bacpac_produce). */
 struct bp_run {
     const struct dbm_bacpac_params *p;
     int (*cancel)(void *arg);
@@ -52,10 +89,15 @@ struct bp_run {
     dbm_bacpac_sink sink;
     unsigned char *buf;       /* owned: BP_BATCH bytes */
     void *scratch;            /* owned: BP_PAGE_MAX bytes for dbm_dbimage_pread */
-    struct bp_db *dbs;        /* owned: ndbs entries */
-    struct dbm_sha256 *hash;  /* owned: pass 1 images, then the output */
-    struct dbm_codec *codec;  /* owned, pass 2 */
-    uint64_t tar_bytes;       /* tar bytes written so far */
+    struct bp_db *dbs;        /* owned: ndbs entries, filled by the job */
+    struct bp_job job;
+    struct dbm_sha256 *hash;  /* owned: of the output */
+    struct dbm_codec *codec;  /* owned: the body frame's */
+    int spool_fd;             /* owned, -1 until needed: body output waiting for the head */
+    uint64_t spool_len;
+    int head_out;             /* the head frame and the spool have been emitted */
+    uint64_t head_tar_bytes;  /* the manifest member's tar bytes, once known */
+    uint64_t tar_bytes;       /* body tar bytes written so far */
     uint64_t out_bytes;       /* compressed bytes handed to sink */
 };
 
@@ -339,20 +381,22 @@ static int bp_check_image(const struct dbm_dbimage *img)
     return 0;
 }
 
-/* Reads img in batches and passes each to fn(r, data, len), polling cancel
- * between batches. 0 or -errno (the first error of a read, fn or cancel). */
-static int bp_scan(struct bp_run *r, const struct dbm_dbimage *img,
-                   int (*fn)(struct bp_run *r, const void *data, size_t len))
+/* Reads img in BP_BATCH-byte batches into buf and passes each to
+ * fn(ctx, data, len), calling poll(ctx) before each batch (non-zero: stop
+ * with that value). 0 or -errno (the first error of a read, fn or poll). */
+static int bp_scan(const struct dbm_dbimage *img, unsigned char *buf, void *scratch, int (*poll)(void *ctx),
+                   int (*fn)(void *ctx, const void *data, size_t len), void *ctx)
 {
     uint64_t total = bp_image_size(img);
 
     for (uint64_t off = 0; off < total;) {
         size_t want = total - off < BP_BATCH ? (size_t)(total - off) : BP_BATCH;
         size_t got = 0;
-        if (r->cancel && r->cancel(r->arg))
-            return -ECANCELED;
+        int rc = poll(ctx);
+        if (rc < 0)
+            return rc;
         while (got < want) {
-            ssize_t n = dbm_dbimage_pread(img, r->buf + got, want - got, off + got, r->scratch);
+            ssize_t n = dbm_dbimage_pread(img, buf + got, want - got, off + got, scratch);
             if (n < 0)
                 return (int)n;
             if (n == 0) {
@@ -362,7 +406,7 @@ static int bp_scan(struct bp_run *r, const struct dbm_dbimage *img,
             }
             got += (size_t)n;
         }
-        int rc = fn(r, r->buf, want);
+        rc = fn(ctx, buf, want);
         if (rc < 0)
             return rc;
         off += want;
@@ -370,60 +414,144 @@ static int bp_scan(struct bp_run *r, const struct dbm_dbimage *img,
     return 0;
 }
 
-static int bp_hash_fn(struct bp_run *r, const void *data, size_t len)
+/* ---- the manifest job: SHA-256 and row counts, beside the compression ---- */
+
+static int bp_job_poll(void *ctx)
 {
-    return dbm_sha256_update(r->hash, data, len);
+    struct bp_job *j = ctx;
+    int stop;
+
+    if (j->r->cancel && j->r->cancel(j->r->arg))
+        return -ECANCELED;
+    pthread_mutex_lock(&j->mu);
+    stop = j->stop;
+    pthread_mutex_unlock(&j->mu);
+    return stop ? -ECANCELED : 0;
 }
 
-/* Pass 1: SHA-256 and row counts of every image. */
-/* Row counts of every image, run beside the hashing: the two read the same
- * pages, and on two cores each gets one. */
-struct bp_counts {
-    const struct dbm_bacpac_params *p;
-    struct bp_db *dbs;
-    int rc;
-};
-
-static void *bp_counts_main(void *arg)
+/* Hashes a batch and notes its pages for the row counts. */
+static int bp_job_hash(void *ctx, const void *data, size_t len)
 {
-    struct bp_counts *c = arg;
-    for (size_t i = 0; i < c->p->ndbs && c->rc == 0; i++)
-        c->rc = dbm_snapview_table_counts(&c->p->dbs[i], &c->dbs[i].tables, &c->dbs[i].ntables);
+    struct bp_job *j = ctx;
+
+    if (j->noting) {
+        dbm_btcount_feed(&j->bt, j->next_pgno, data, len);
+        j->next_pgno += (uint32_t)(len / j->bt.page_size); /* batches hold whole pages */
+    }
+    return dbm_sha256_update(j->hash, data, len);
+}
+
+static int bp_job_read_page(void *arg, uint32_t pgno, void *buf)
+{
+    return dbm_dbimage_read_page(arg, pgno, buf);
+}
+
+static int bp_job_rows(void *arg, uint32_t root, uint64_t *rows)
+{
+    struct bp_job *j = arg;
+
+    return dbm_btcount_rows(&j->bt, root, bp_job_read_page, (void *)j->img, j->scratch, rows);
+}
+
+/* Image i: its SHA-256, then its row counts, from the notes the hashing
+ * took (reading interior pages only) or, for a database too large to note,
+ * with SQL. */
+static int bp_job_image(struct bp_job *j, size_t i)
+{
+    const struct dbm_dbimage *img = &j->r->p->dbs[i];
+    struct bp_db *d = &j->r->dbs[i];
+    int rc = dbm_btcount_init(&j->bt, img->db_pages, img->page_size);
+
+    if (rc < 0 && rc != -E2BIG)
+        return rc;
+    j->noting = rc == 0;
+    j->next_pgno = 1;
+    j->img = img;
+    rc = dbm_sha256_reset(j->hash);
+    if (rc == 0)
+        rc = bp_scan(img, j->buf, j->scratch, bp_job_poll, bp_job_hash, j);
+    if (rc == 0)
+        rc = dbm_sha256_final(j->hash, d->sha);
+    if (rc == 0)
+        rc = bp_job_poll(j);
+    if (rc == 0)
+        rc = dbm_snapview_table_counts_by(img, j->noting ? bp_job_rows : NULL, j, &d->tables, &d->ntables);
+    dbm_btcount_free(&j->bt);
+    j->noting = 0;
+    return rc;
+}
+
+static void *bp_job_main(void *arg)
+{
+    struct bp_job *j = arg;
+    int rc = 0;
+
+    for (size_t i = 0; i < j->r->p->ndbs && rc == 0; i++)
+        rc = bp_job_image(j, i);
+    pthread_mutex_lock(&j->mu);
+    j->rc = rc;
+    j->done = 1;
+    pthread_mutex_unlock(&j->mu);
     return NULL;
 }
 
-static int bp_pass1(struct bp_run *r)
+static int bp_job_start(struct bp_job *j)
 {
-    for (size_t i = 0; i < r->p->ndbs; i++) {
-        int rc = bp_check_image(&r->p->dbs[i]);
-        if (rc < 0)
-            return rc;
-    }
-    struct bp_counts c = { .p = r->p, .dbs = r->dbs, .rc = 0 };
-    pthread_t th;
-    int threaded = r->p->ndbs > 0 && pthread_create(&th, NULL, bp_counts_main, &c) == 0;
-    int rc = 0;
-    for (size_t i = 0; i < r->p->ndbs && rc == 0; i++) {
-        rc = dbm_sha256_reset(r->hash);
-        if (rc == 0)
-            rc = bp_scan(r, &r->p->dbs[i], bp_hash_fn);
-        if (rc == 0)
-            rc = dbm_sha256_final(r->hash, r->dbs[i].sha);
-    }
-    if (threaded)
-        pthread_join(th, NULL); /* counts cannot be cancelled: wait for them */
-    else
-        bp_counts_main(&c);
-    if (rc == 0)
-        rc = c.rc;
+    int rc;
+
+    j->buf = malloc(BP_BATCH);
+    j->scratch = malloc(BP_PAGE_MAX);
+    if (!j->buf || !j->scratch)
+        return -ENOMEM;
+    rc = dbm_sha256_create(&j->hash);
     if (rc < 0)
         return rc;
-    return dbm_sha256_reset(r->hash);
+    rc = pthread_create(&j->th, NULL, bp_job_main, j);
+    if (rc != 0) {
+        dbm_err("bacpac: cannot start a thread: %s", strerror(rc));
+        return -rc;
+    }
+    j->started = 1;
+    return 0;
 }
 
-/* ---- pass 2: tar -> codec -> hash, count, sink ---- */
+/* 1 once the job has finished (its result is then final), else 0. */
+static int bp_job_done(struct bp_job *j)
+{
+    pthread_mutex_lock(&j->mu);
+    int done = j->done;
+    pthread_mutex_unlock(&j->mu);
+    return done;
+}
 
-static int bp_codec_out(void *arg, const void *buf, size_t len)
+/* Waits for the job; returns its result. stop asks it to give up first. */
+static int bp_job_join(struct bp_job *j, int stop)
+{
+    if (!j->started)
+        return -ECANCELED;
+    if (!j->joined) {
+        pthread_mutex_lock(&j->mu);
+        j->stop |= stop;
+        pthread_mutex_unlock(&j->mu);
+        pthread_join(j->th, NULL);
+        j->joined = 1;
+    }
+    return j->rc;
+}
+
+static void bp_job_free(struct bp_job *j)
+{
+    if (j->started)
+        bp_job_join(j, 1);
+    dbm_sha256_destroy(j->hash);
+    free(j->scratch);
+    free(j->buf);
+}
+
+/* ---- output: the head frame, the spool, the sink ---- */
+
+/* Every byte of the stream passes here, in order: hashed, counted, sunk. */
+static int bp_emit(void *arg, const void *buf, size_t len)
 {
     struct bp_run *r = arg;
     int rc = dbm_sha256_update(r->hash, buf, len);
@@ -434,17 +562,154 @@ static int bp_codec_out(void *arg, const void *buf, size_t len)
     return r->sink(r->arg, buf, len);
 }
 
-static int bp_tar_fn(struct bp_run *r, const void *data, size_t len)
+/* An unnamed file in spool_dir (or /tmp), gone when closed. */
+static int bp_spool_open(struct bp_run *r)
 {
+    const char *d = r->p->spool_dir ? r->p->spool_dir : "/tmp";
+    int fd = open(d, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+
+    if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR)) { /* no O_TMPFILE there */
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/.bacpac-spool-XXXXXX", d);
+        fd = mkostemp(path, O_CLOEXEC);
+        if (fd >= 0)
+            unlink(path);
+    }
+    if (fd < 0) {
+        int e = errno;
+        dbm_err("bacpac: cannot create a spool file in %s: %s", d, strerror(e));
+        return -e;
+    }
+    r->spool_fd = fd;
+    return 0;
+}
+
+static int bp_spool_add(struct bp_run *r, const void *buf, size_t len)
+{
+    int rc = r->spool_fd < 0 ? bp_spool_open(r) : 0;
+
+    if (rc == 0)
+        rc = dbm_pwrite_all(r->spool_fd, buf, len, (off_t)r->spool_len);
+    if (rc == 0)
+        r->spool_len += len;
+    else
+        dbm_err("bacpac: writing the spool file: %s", strerror(-rc));
+    return rc;
+}
+
+/* Emits the spool (through buf, BP_BATCH bytes) and closes it. */
+static int bp_spool_drain(struct bp_run *r, unsigned char *buf)
+{
+    for (uint64_t off = 0; off < r->spool_len;) {
+        size_t want = r->spool_len - off < BP_BATCH ? (size_t)(r->spool_len - off) : BP_BATCH;
+        ssize_t n = dbm_pread_all(r->spool_fd, buf, want, (off_t)off);
+        if (n != (ssize_t)want) {
+            int rc = n < 0 ? (int)n : -EIO;
+            dbm_err("bacpac: reading the spool file back: %s", strerror(-rc));
+            return rc;
+        }
+        int rc = bp_emit(r, buf, want);
+        if (rc < 0)
+            return rc;
+        off += want;
+    }
+    if (r->spool_fd >= 0)
+        close(r->spool_fd);
+    r->spool_fd = -1;
+    return 0;
+}
+
+/* The head frame: the manifest member, compressed on its own. */
+static int bp_head_frame(struct bp_run *r, const struct bp_text *m)
+{
+    static const unsigned char zeros[BP_BLOCK];
+    unsigned char h[BP_BLOCK];
+    struct dbm_codec *c = NULL;
+    int rc = tar_header(h, "manifest.json", m->len, manifest_mtime(r->p));
+
+    if (rc == 0)
+        rc = dbm_codec_create(r->p->level, bp_emit, r, &c);
+    if (rc == 0)
+        rc = dbm_codec_write(c, h, sizeof(h));
+    if (rc == 0)
+        rc = dbm_codec_write(c, m->s, m->len);
+    if (rc == 0)
+        rc = dbm_codec_write(c, zeros, (size_t)(bp_pad(m->len, BP_BLOCK) - m->len));
+    if (rc == 0)
+        rc = dbm_codec_end(c);
+    dbm_codec_destroy(c);
+    r->head_tar_bytes = BP_BLOCK + bp_pad(m->len, BP_BLOCK);
+    return rc;
+}
+
+/* Once the manifest job is done (waiting for it if wait): the manifest, its
+ * size check, the head frame, then what the body spooled meanwhile. After
+ * this, body output goes straight to the sink. */
+static int bp_head(struct bp_run *r, int wait)
+{
+    struct bp_text m = { 0 };
+    int rc;
+
+    if (r->head_out || (!wait && !bp_job_done(&r->job)))
+        return 0;
+    rc = bp_job_join(&r->job, 0);
+    if (rc == 0)
+        rc = manifest_build(r->p, r->dbs, &m);
+    if (rc == 0 && m.len > manifest_bound(r->p)) {
+        dbm_err("bacpac: manifest.json of %zu bytes exceeds its allowance of %" PRIu64
+                " bytes (table names too long or too many): export refused",
+                m.len, manifest_bound(r->p));
+        rc = -EFBIG;
+    }
+    if (rc == 0)
+        rc = bp_head_frame(r, &m);
+    if (rc == 0)
+        rc = bp_spool_drain(r, r->job.buf); /* the job is over: its buffer is free */
+    if (rc == 0)
+        r->head_out = 1;
+    free(m.s);
+    return rc;
+}
+
+/* The body codec's output: spooled until the head frame is out. */
+static int bp_body_out(void *arg, const void *buf, size_t len)
+{
+    struct bp_run *r = arg;
+    int rc = bp_head(r, 0);
+
+    if (rc < 0)
+        return rc;
+    return r->head_out ? bp_emit(r, buf, len) : bp_spool_add(r, buf, len);
+}
+
+/* ---- the body: tar members of the images -> codec ---- */
+
+static int bp_body_poll(void *ctx)
+{
+    struct bp_run *r = ctx;
+
+    if (r->cancel && r->cancel(r->arg))
+        return -ECANCELED;
+    if (bp_job_done(&r->job) && r->job.rc < 0)
+        return r->job.rc; /* rc is final once done */
+    return 0;
+}
+
+static int bp_tar_fn(void *ctx, const void *data, size_t len)
+{
+    struct bp_run *r = ctx;
+
     r->tar_bytes += len;
     return dbm_codec_write(r->codec, data, len);
 }
 
-/* Writes zero bytes until the tar stream is a multiple of unit. */
+/* Writes zero bytes until the whole archive (head member included) is a
+ * multiple of unit. */
 static int bp_tar_pad(struct bp_run *r, uint64_t unit)
 {
     static const unsigned char zeros[BP_BLOCK];
-    uint64_t n = bp_pad(r->tar_bytes, unit) - r->tar_bytes;
+    uint64_t all = r->head_tar_bytes + r->tar_bytes;
+    uint64_t n = bp_pad(all, unit) - all;
 
     while (n) {
         size_t k = n < sizeof(zeros) ? (size_t)n : sizeof(zeros);
@@ -456,46 +721,42 @@ static int bp_tar_pad(struct bp_run *r, uint64_t unit)
     return 0;
 }
 
-/* The end-of-archive marker (two zero blocks), then zeros up to a whole
- * record, as GNU tar writes by default. */
-static int bp_tar_end(struct bp_run *r)
+/* One member: header, the image, padding to a block. */
+static int bp_member(struct bp_run *r, const struct dbm_dbimage *img)
 {
-    static const unsigned char zeros[2 * BP_BLOCK];
-    int rc = bp_tar_fn(r, zeros, sizeof(zeros));
-
-    return rc < 0 ? rc : bp_tar_pad(r, BP_RECORD);
-}
-
-/* One member: header, data (from mem, or from img when mem is NULL), padding. */
-static int bp_member(struct bp_run *r, const char *name, uint64_t mtime, const struct dbm_dbimage *img,
-                     const void *mem, uint64_t size)
-{
+    char name[DBM_DBIMAGE_NAME_MAX + 8];
     unsigned char h[BP_BLOCK];
-    int rc = tar_header(h, name, size, mtime);
+    uint64_t size = bp_image_size(img);
+    int rc;
 
+    snprintf(name, sizeof(name), "db/%s", img->name);
+    rc = tar_header(h, name, size, img->commit_ns / DBM_NS_PER_SEC);
     if (rc == 0)
         rc = bp_tar_fn(r, h, sizeof(h));
     if (rc == 0)
-        rc = img ? bp_scan(r, img, bp_tar_fn) : bp_tar_fn(r, mem, (size_t)size);
+        rc = bp_scan(img, r->buf, r->scratch, bp_body_poll, bp_tar_fn, r);
     if (rc == 0)
         rc = bp_tar_pad(r, BP_BLOCK);
     return rc;
 }
 
-static int bp_pass2(struct bp_run *r, const struct bp_text *manifest)
+/* The body frame: every image, then the end-of-archive marker (two zero
+ * blocks) and zeros up to a whole 10240-byte record, as GNU tar writes by
+ * default. The record padding counts the head member, so the head must be
+ * out (or at least its size known) first. */
+static int bp_body(struct bp_run *r)
 {
-    char name[DBM_DBIMAGE_NAME_MAX + 8];
-    int rc = dbm_codec_create(r->p->level, bp_codec_out, r, &r->codec);
+    static const unsigned char zeros[2 * BP_BLOCK];
+    int rc = dbm_codec_create(r->p->level, bp_body_out, r, &r->codec);
 
+    for (size_t i = 0; rc == 0 && i < r->p->ndbs; i++)
+        rc = bp_member(r, &r->p->dbs[i]);
     if (rc == 0)
-        rc = bp_member(r, "manifest.json", manifest_mtime(r->p), NULL, manifest->s, manifest->len);
-    for (size_t i = 0; rc == 0 && i < r->p->ndbs; i++) {
-        const struct dbm_dbimage *img = &r->p->dbs[i];
-        snprintf(name, sizeof(name), "db/%s", img->name);
-        rc = bp_member(r, name, img->commit_ns / DBM_NS_PER_SEC, img, NULL, bp_image_size(img));
-    }
+        rc = bp_head(r, 1);
     if (rc == 0)
-        rc = bp_tar_end(r);
+        rc = bp_tar_fn(r, zeros, sizeof(zeros));
+    if (rc == 0)
+        rc = bp_tar_pad(r, BP_RECORD);
     if (rc == 0)
         rc = dbm_codec_end(r->codec);
     return rc;
@@ -505,8 +766,12 @@ static int bp_pass2(struct bp_run *r, const struct bp_text *manifest)
 
 static void bp_run_free(struct bp_run *r)
 {
+    bp_job_free(&r->job); /* stops and joins it first: it uses r->dbs */
+    pthread_mutex_destroy(&r->job.mu);
     dbm_codec_destroy(r->codec);
     dbm_sha256_destroy(r->hash);
+    if (r->spool_fd >= 0)
+        close(r->spool_fd);
     for (size_t i = 0; r->dbs && i < r->p->ndbs; i++)
         dbm_table_counts_free(r->dbs[i].tables, r->dbs[i].ntables);
     free(r->dbs);
@@ -514,29 +779,20 @@ static void bp_run_free(struct bp_run *r)
     free(r->buf);
 }
 
-/* Pass 1, then the manifest and its size check. */
-static int bp_prepare(struct bp_run *r, struct bp_text *manifest)
-{
-    int rc = bp_pass1(r);
-
-    if (rc == 0)
-        rc = manifest_build(r->p, r->dbs, manifest);
-    if (rc == 0 && manifest->len > manifest_bound(r->p)) {
-        dbm_err("bacpac: manifest.json of %zu bytes exceeds its allowance of %" PRIu64
-                " bytes (table names too long or too many): export refused",
-                manifest->len, manifest_bound(r->p));
-        rc = -EFBIG;
-    }
-    return rc;
-}
-
 int dbm_bacpac_produce(const struct dbm_bacpac_params *p, dbm_bacpac_sink sink, void *arg,
                        int (*cancel)(void *arg), uint8_t sha256[32], uint64_t *size)
 {
-    struct bp_run r = { .p = p, .cancel = cancel, .arg = arg, .sink = sink };
-    struct bp_text manifest = { 0 };
+    struct bp_run r = { .p = p, .cancel = cancel, .arg = arg, .sink = sink, .spool_fd = -1 };
     int rc = -ENOMEM;
 
+    r.job.r = &r;
+    pthread_mutex_init(&r.job.mu, NULL);
+    for (size_t i = 0; i < p->ndbs; i++) {
+        rc = bp_check_image(&p->dbs[i]);
+        if (rc < 0)
+            goto free_run;
+    }
+    rc = -ENOMEM;
     r.buf = malloc(BP_BATCH);
     r.scratch = malloc(BP_PAGE_MAX);
     r.dbs = calloc(p->ndbs ? p->ndbs : 1, sizeof(*r.dbs));
@@ -544,25 +800,23 @@ int dbm_bacpac_produce(const struct dbm_bacpac_params *p, dbm_bacpac_sink sink, 
         goto free_run;
     rc = dbm_sha256_create(&r.hash);
     if (rc == 0)
-        rc = bp_prepare(&r, &manifest);
+        rc = bp_job_start(&r.job);
     if (rc == 0)
-        rc = bp_pass2(&r, &manifest);
+        rc = bp_body(&r);
     if (rc == 0)
         rc = dbm_sha256_final(r.hash, sha256);
     if (rc == 0)
         *size = r.out_bytes;
 free_run:
-    free(manifest.s);
     bp_run_free(&r);
     return rc;
 }
 
 uint64_t dbm_bacpac_size_bound(const struct dbm_bacpac_params *p)
 {
-    uint64_t tar = BP_BLOCK + bp_pad(manifest_bound(p), BP_BLOCK);
+    uint64_t head = BP_BLOCK + bp_pad(manifest_bound(p), BP_BLOCK), body = 2 * BP_BLOCK + BP_RECORD;
 
     for (size_t i = 0; i < p->ndbs; i++)
-        tar += BP_BLOCK + bp_pad(bp_image_size(&p->dbs[i]), BP_BLOCK);
-    tar = bp_pad(tar + 2 * BP_BLOCK, BP_RECORD);
-    return dbm_codec_bound(tar);
+        body += BP_BLOCK + bp_pad(bp_image_size(&p->dbs[i]), BP_BLOCK);
+    return dbm_codec_bound(head) + dbm_codec_bound(body);
 }

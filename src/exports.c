@@ -66,18 +66,19 @@ struct dbm_exports {
 };
 
 /* What bacpac produces snap's export from. The level is part of the
- * export's identity (same state, same bytes): never vary it. */
-static struct dbm_bacpac_params params_of(const struct dbm_snapshot *s)
+ * export's identity (same state, same bytes): never vary it. Output waiting
+ * for the manifest is spooled in the cache directory, beside the export. */
+static struct dbm_bacpac_params params_of(const struct dbm_exports *x, const struct dbm_snapshot *s)
 {
     struct dbm_bacpac_params p = { .env = s->env, .env_type = s->env_type, .instant_ns = s->canonical_ns,
-                                   .dbs = s->dbs, .ndbs = s->n, .level = 3 };
+                                   .dbs = s->dbs, .ndbs = s->n, .level = 3, .spool_dir = x->dir };
     return p;
 }
 
 static int key_of(const struct dbm_snapshot *s, char key[KEY_LEN + 1])
 {
     struct dbm_sbuf b = { 0 };
-    dbm_sbuf_printf(&b, "bacpac-v1\n%s\n%s\n", s->env, s->env_type);
+    dbm_sbuf_printf(&b, "bacpac-v2\n%s\n%s\n", s->env, s->env_type);
     for (size_t i = 0; i < s->n; i++)
         dbm_sbuf_printf(&b, "%s\n%llu\n%llu\n", s->dbs[i].name, (unsigned long long)s->dbs[i].timeline,
                         (unsigned long long)s->dbs[i].txid);
@@ -262,7 +263,7 @@ static void *produce(void *arg)
 {
     struct dbm_export *e = arg;
     struct dbm_snapshot *s = e->snap;
-    struct dbm_bacpac_params p = params_of(s);
+    struct dbm_bacpac_params p = params_of(e->x, s);
     struct sinkctx c = { .e = e };
     uint8_t sha[DBM_SHA256_LEN];
     uint64_t size = 0, t0 = dbm_now_ns();
@@ -362,7 +363,7 @@ int dbm_export_get(struct dbm_exports *x, struct dbm_snapshot *snap, struct dbm_
         memcpy(e->key, key, sizeof e->key);
         dbm_snapshot_get(snap);
         e->snap = snap;
-        struct dbm_bacpac_params p = params_of(snap);
+        struct dbm_bacpac_params p = params_of(x, snap);
         e->bound = dbm_bacpac_size_bound(&p);
         e->producing = 1;
         if ((rc = pthread_create(&e->thread, NULL, produce, e)) != 0) {
@@ -503,7 +504,7 @@ int dbm_export_peek_size(struct dbm_exports *x, struct dbm_snapshot *snap, uint6
     }
     pthread_mutex_unlock(&x->mu);
     if (!done) {
-        struct dbm_bacpac_params p = params_of(snap);
+        struct dbm_bacpac_params p = params_of(x, snap);
         *size = dbm_bacpac_size_bound(&p);
     }
     return done;

@@ -100,6 +100,7 @@ struct pgs_ment {
 };
 
 struct pgs_seg {
+    uint64_t serial;     /* unique in the process: names the segment where an address cannot */
     char *path;          /* log.<first>, owned */
     uint32_t page_size;
     uint64_t tl_id;

@@ -57,9 +57,11 @@ static char *str_cat(const char *a, const char *b)
 
 static struct pgs_seg *seg_new(const char *path, uint64_t tl_id, uint32_t page_size, uint64_t first_txid)
 {
+    static uint64_t serials;
     struct pgs_seg *g = calloc(1, sizeof *g);
     if (!g)
         return NULL;
+    g->serial = __atomic_add_fetch(&serials, 1, __ATOMIC_RELAXED);
     g->path = strdup(path);
     if (!g->path) {
         free(g);
@@ -1043,20 +1045,36 @@ int dbm_pgs_seg_find(struct pgs_seg *g, uint32_t pgno, uint64_t hi_incl, uint64_
     return 1;
 }
 
+/* The record header this thread checked last. Pages of one record are
+ * mostly read in a row (exports, scans), and a committed record never
+ * changes (only uncommitted tails are ever rewritten, and no index entry
+ * points into them), so its header need not be read and checked again for
+ * each page: that halves the reads of a sequential scan. The segment's
+ * serial, not its address, names it: an address may be reused after GC. */
+static __thread struct {
+    uint64_t serial, rec_off, txid;
+} seg_hdr_ok;
+
 int dbm_pgs_seg_read(struct pgs_seg *g, const struct pgs_ent *e, void *buf)
 {
     struct pgs_rec_hdr h;
     int rc = seg_ready(g);
     if (rc)
         return rc;
-    ssize_t r = dbm_pread_all(g->fd, &h, sizeof h, (off_t)e->rec_off);
-    if (r < 0)
-        return (int)r;
-    if ((size_t)r < sizeof h || h.magic != PGS_REC_MAGIC ||
-        h.hdr_crc != dbm_crc32c(0, &h, offsetof(struct pgs_rec_hdr, hdr_crc)) || h.txid != e->txid) {
-        dbm_err("pagestore: %s: record header checksum mismatch at offset %llu", g->path,
-                (unsigned long long)e->rec_off);
-        return -EIO;
+    ssize_t r;
+    if (seg_hdr_ok.serial != g->serial || seg_hdr_ok.rec_off != e->rec_off || seg_hdr_ok.txid != e->txid) {
+        r = dbm_pread_all(g->fd, &h, sizeof h, (off_t)e->rec_off);
+        if (r < 0)
+            return (int)r;
+        if ((size_t)r < sizeof h || h.magic != PGS_REC_MAGIC ||
+            h.hdr_crc != dbm_crc32c(0, &h, offsetof(struct pgs_rec_hdr, hdr_crc)) || h.txid != e->txid) {
+            dbm_err("pagestore: %s: record header checksum mismatch at offset %llu", g->path,
+                    (unsigned long long)e->rec_off);
+            return -EIO;
+        }
+        seg_hdr_ok.serial = g->serial;
+        seg_hdr_ok.rec_off = e->rec_off;
+        seg_hdr_ok.txid = e->txid;
     }
     r = dbm_pread_all(g->fd, buf, g->page_size, (off_t)e->data_off);
     if (r < 0)

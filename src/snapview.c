@@ -374,21 +374,22 @@ void dbm_table_counts_free(struct dbm_table_count *v, size_t n)
 }
 
 /* Appends a copy of name to *v (count *n, capacity *cap). 0 or -ENOMEM. */
-static int counts_push(struct dbm_table_count **v, size_t *n, size_t *cap, const char *name)
+static int counts_push(struct dbm_table_count **v, size_t *n, size_t *cap, const char *name, uint32_t root)
 {
     if (dbm_grow((void **)v, cap, *n + 1, sizeof **v) < 0)
         return -ENOMEM;
     char *copy = strdup(name);
     if (!copy)
         return -ENOMEM;
-    (*v)[(*n)++] = (struct dbm_table_count){.name = copy, .rows = 0};
+    (*v)[(*n)++] = (struct dbm_table_count){.name = copy, .rows = 0, .root = root};
     return 0;
 }
 
-/* The names of the ordinary tables, rows not yet counted. 0 or -errno. */
+/* The names and root pages of the ordinary tables, rows not yet counted.
+ * 0 or -errno. */
 static int list_tables(const struct snap_ctx *ctx, sqlite3 *db, struct dbm_table_count **out, size_t *nout)
 {
-    static const char sql[] = "SELECT name FROM sqlite_schema WHERE type = 'table'"
+    static const char sql[] = "SELECT name, rootpage FROM sqlite_schema WHERE type = 'table'"
                                " AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name";
     struct dbm_table_count *v = NULL;
     size_t n = 0, cap = 0;
@@ -402,7 +403,8 @@ static int list_tables(const struct snap_ctx *ctx, sqlite3 *db, struct dbm_table
             rc = SQLITE_NOMEM;
             break;
         }
-        if ((err = counts_push(&v, &n, &cap, name)) < 0)
+        sqlite3_int64 root = sqlite3_column_int64(st, 1);
+        if ((err = counts_push(&v, &n, &cap, name, root > 0 && root <= UINT32_MAX ? (uint32_t)root : 0)) < 0)
             break;
         rc = SQLITE_OK;
     }
@@ -450,6 +452,12 @@ static int count_cmp(const void *a, const void *b)
 
 int dbm_snapview_table_counts(const struct dbm_dbimage *img, struct dbm_table_count **out, size_t *n)
 {
+    return dbm_snapview_table_counts_by(img, NULL, NULL, out, n);
+}
+
+int dbm_snapview_table_counts_by(const struct dbm_dbimage *img, dbm_rows_at_root fast, void *arg,
+                                 struct dbm_table_count **out, size_t *n)
+{
     struct snap_ctx ctx;
     struct dbm_table_count *v = NULL;
     size_t cnt = 0;
@@ -462,8 +470,11 @@ int dbm_snapview_table_counts(const struct dbm_dbimage *img, struct dbm_table_co
     if (err < 0)
         return err;
     err = list_tables(&ctx, db, &v, &cnt);
-    for (size_t i = 0; err == 0 && i < cnt; i++)
-        err = count_rows(&ctx, db, v[i].name, &v[i].rows);
+    for (size_t i = 0; err == 0 && i < cnt; i++) {
+        err = fast && v[i].root ? fast(arg, v[i].root, &v[i].rows) : -ENOTSUP;
+        if (err == -ENOTSUP)
+            err = count_rows(&ctx, db, v[i].name, &v[i].rows);
+    }
     view_close(db);
     if (err < 0) {
         dbm_table_counts_free(v, cnt);

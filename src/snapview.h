@@ -11,6 +11,7 @@ struct dbm_dbimage;
 struct dbm_table_count {
     char *name;     /* table name (owned by the array) */
     uint64_t rows;
+    uint32_t root;  /* its root page, as sqlite_schema says (0 if out of range) */
 };
 
 /* Opens img read-only with SQLite and counts the rows of every table in
@@ -20,6 +21,14 @@ struct dbm_table_count {
  * its checksum, -EINVAL if the image is not a valid database (message logged). */
 int dbm_snapview_table_counts(const struct dbm_dbimage *img, struct dbm_table_count **out, size_t *n);
 void dbm_table_counts_free(struct dbm_table_count *v, size_t n);
+
+/* Counts the rows of the tree at root without SQL: 0 and *rows, -ENOTSUP to
+ * have SQL count them, or another -errno that fails the count. */
+typedef int (*dbm_rows_at_root)(void *arg, uint32_t root, uint64_t *rows);
+/* dbm_snapview_table_counts, asking fast(arg, root, &rows) first for each
+ * table (SQL still lists the tables and counts those fast declines). */
+int dbm_snapview_table_counts_by(const struct dbm_dbimage *img, dbm_rows_at_root fast, void *arg,
+                                 struct dbm_table_count **out, size_t *n);
 
 /* Runs PRAGMA integrity_check on img: 0 if "ok", -EINVAL (and the first
  * message in msg) otherwise, -EIO on a checksum failure. */
