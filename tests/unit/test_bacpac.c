@@ -8,6 +8,7 @@
 #include "codec.h"
 #include "crypto.h"
 #include "dbimage.h"
+#include "shell.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -23,19 +24,6 @@
 static char dir[64];
 
 /* ---- helpers ---- */
-
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    int st = system(cmd);
-    return st == -1 ? -1 : WEXITSTATUS(st);
-}
 
 /* Runs a command and returns its stdout (malloc'd, NUL-terminated). */
 static char *run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -66,20 +54,6 @@ static char *run(const char *fmt, ...)
     return out;
 }
 
-static unsigned char *slurp(const char *path, size_t *size)
-{
-    FILE *f = fopen(path, "rb");
-    struct stat st;
-
-    if (!f || fstat(fileno(f), &st) < 0)
-        abort();
-    unsigned char *buf = malloc(st.st_size ? (size_t)st.st_size : 1);
-    if (!buf || fread(buf, 1, (size_t)st.st_size, f) != (size_t)st.st_size)
-        abort();
-    fclose(f);
-    *size = (size_t)st.st_size;
-    return buf;
-}
 
 /* ---- in-memory images ---- */
 

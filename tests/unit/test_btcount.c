@@ -6,6 +6,7 @@
  * errors), which must end in an error, never a loop or a wrong count. */
 #include "btcount.h"
 #include "check.h"
+#include "shell.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -15,19 +16,6 @@
 #include <sys/stat.h>
 
 static char dir[64];
-
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-    char cmd[8192];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    int st = system(cmd);
-    return st == -1 ? -1 : WEXITSTATUS(st);
-}
 
 struct db {
     unsigned char *data;
@@ -40,18 +28,10 @@ struct db {
 static void load(struct db *d, const char *name)
 {
     char path[256];
-    struct stat st;
 
     snprintf(path, sizeof(path), "%s/%s", dir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f || fstat(fileno(f), &st) < 0)
-        abort();
     memset(d, 0, sizeof(*d));
-    d->size = (size_t)st.st_size;
-    d->data = malloc(d->size);
-    if (!d->data || fread(d->data, 1, d->size, f) != d->size)
-        abort();
-    fclose(f);
+    d->data = slurp(path, &d->size);
     d->page_size = (uint32_t)(d->data[16] << 8 | d->data[17]);
     if (d->page_size == 1)
         d->page_size = 65536;
