@@ -16,6 +16,7 @@ struct dbm_catalog;
 struct dbm_store;
 struct dbm_livedb;
 struct dbm_exports;
+struct dbm_uring;
 
 #define DBM_LOCK_FILE "lock"
 
@@ -49,6 +50,7 @@ struct dbm_daemon {
     pthread_mutex_t maint_mu;         /* protects maint_stop; leaf */
     pthread_cond_t maint_cv;
     int maint_stop;
+    struct dbm_uring *uring;          /* the FUSE transport, set by main; may be NULL */
     uid_t mount_uid;                  /* owner of README and status */
     gid_t mount_gid;
 };

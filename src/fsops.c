@@ -204,7 +204,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
     if (conn->capable & FUSE_CAP_SPLICE_WRITE)
         conn->want |= FUSE_CAP_SPLICE_WRITE;
     conn->want &= ~FUSE_CAP_FLOCK_LOCKS;
-    conn->max_write = 1 << 20;
+    conn->max_write = DBM_FUSE_MAX_WRITE;
     dbm_info("FUSE connection initialised (protocol %u.%u)", conn->proto_major, conn->proto_minor);
 }
 

@@ -8,6 +8,9 @@
 
 struct dbm_daemon;
 
+/* The largest write (and read) the INIT reply announces: a buffer size. */
+#define DBM_FUSE_MAX_WRITE (1u << 20)
+
 /* Creates a session serving d. ready_fd >= 0 gets one byte '0' written and
  * closed when the kernel's INIT has been answered (the mount is usable).
  * Borrows d (it must outlive the session). NULL on failure (logged). */

@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 #include "daemon.h"
 #include "dbm_config.h"
 #include "fsops.h"
+#include "fuseuring.h"
 #include "log.h"
 
 static const char usage[] =
@@ -28,7 +30,9 @@ static const char usage[] =
     "  -f               stay in the foreground, log to stderr\n"
     "  -d               debug: foreground, debug log level and FUSE tracing\n"
     "  -s               single-threaded\n"
-    "  -o OPT[,OPT...]  mount options: allow_other, default FUSE options\n"
+    "  -o OPT[,OPT...]  mount options: allow_other, default FUSE options, and\n"
+    "                   io_uring=auto|off: serve requests through per-CPU io_uring\n"
+    "                   queues when the kernel allows it (auto, the default)\n"
     "  -h, --help       this help\n"
     "  -V, --version    print the version\n"
     "\n"
@@ -40,6 +44,12 @@ struct cli {
     const char *state_dir;
     const char *mountpoint;
     int npos;
+    char *io_uring; /* -o io_uring=MODE, allocated by fuse_opt_parse */
+};
+
+static const struct fuse_opt cli_opts[] = {
+    { "io_uring=%s", offsetof(struct cli, io_uring), 0 },
+    FUSE_OPT_END,
 };
 
 static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
@@ -192,8 +202,16 @@ int main(int argc, char *argv[])
     struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
     struct cli cli = { 0 };
     struct fuse_cmdline_opts opts;
-    if (fuse_opt_parse(&args, &cli, NULL, opt_proc) < 0 || fuse_parse_cmdline(&args, &opts) < 0)
+    if (fuse_opt_parse(&args, &cli, cli_opts, opt_proc) < 0 || fuse_parse_cmdline(&args, &opts) < 0)
         return 2;
+    enum dbm_uring_mode umode = DBM_URING_AUTO;
+    if (cli.io_uring && dbm_uring_parse_mode(cli.io_uring, &umode) < 0) {
+        fprintf(stderr, "dbmovefs: -o io_uring=%s: expected io_uring=auto or io_uring=off\n", cli.io_uring);
+        free(cli.io_uring);
+        fuse_opt_free_args(&args);
+        return 2;
+    }
+    free(cli.io_uring);
     if (cli.npos != 2) {
         fprintf(stderr, "dbmovefs: expected STATE_DIR and MOUNTPOINT, got %d argument%s\n%s", cli.npos,
                 cli.npos == 1 ? "" : "s", usage);
@@ -241,6 +259,11 @@ int main(int argc, char *argv[])
         goto out_signals;
     }
     dbm_notice("dbmovefs %s serving %s on %s", DBM_VERSION, d->state_dir, mountpoint);
+    /* before the loop: the custom I/O must be in place when INIT is answered */
+    struct dbm_uring *uring = dbm_uring_create(se, umode);
+    if (uring)
+        dbm_uring_start(uring, DBM_FUSE_MAX_WRITE);
+    d->uring = uring;
     if (dbm_daemon_start_maintenance(d, 60) < 0) /* retention now, then every minute */
         dbm_warn("retention thread not started: history is trimmed at the next start only");
     if (!opts.foreground) {
@@ -262,6 +285,8 @@ int main(int argc, char *argv[])
         fuse_loop_cfg_destroy(lc);
     }
     fuse_session_unmount(se);
+    dbm_uring_destroy(uring); /* joins the queue threads: nothing reads status any more */
+    d->uring = NULL;
     dbm_notice("unmounted %s; exiting", mountpoint);
     /* libfuse reports the signal that ended the loop; a requested shutdown is a clean exit */
     ret = (ret == 0 || ret == SIGTERM || ret == SIGINT) ? 0 : 1;

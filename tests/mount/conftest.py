@@ -14,6 +14,18 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("DBMOVEFS_BIN", os.path.join(ROOT, "build", "src", "dbmovefs"))
+# DBM_TEST_IO_URING=auto runs every mount on FUSE over io_uring (and fails a
+# mount that does not get it); off (the default here) runs them on /dev/fuse.
+IO_URING = os.environ.get("DBM_TEST_IO_URING", "off")
+URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
+
+
+def uring_enabled():
+    try:
+        with open(URING_PARAM) as f:
+            return f.read().strip() == "Y"
+    except OSError:
+        return False
 
 
 def run(*args, check=True, **kw):
@@ -68,14 +80,22 @@ class Mount:
 
     def start(self, *extra):
         self.logf = open(self.log, "a")
-        self.proc = subprocess.Popen([BIN, "-f", *extra, self.state, self.mnt], stdout=self.logf,
+        transport = [] if any("io_uring=" in str(x) for x in extra) else ["-o", "io_uring=" + IO_URING]
+        self.proc = subprocess.Popen([BIN, "-f", *transport, *extra, self.state, self.mnt], stdout=self.logf,
                                      stderr=subprocess.STDOUT)
         wait_for(lambda: os.path.ismount(self.mnt) or self.proc.poll() is not None, what="mount")
         if self.proc.poll() is not None:
             raise AssertionError(f"daemon exited {self.proc.returncode}: {self.read_log()}")
         # the first request waits for INIT: make sure the mount answers
         os.listdir(self.mnt)
+        if transport and IO_URING == "auto":
+            assert uring_enabled(), f"DBM_TEST_IO_URING=auto needs {URING_PARAM} = Y"
+            wait_for(lambda: self.transport() == "io_uring", what="FUSE over io_uring (root status)")
         return self
+
+    def transport(self):
+        """fuse_transport from the root status."""
+        return kv(open(self.p("status")).read())["fuse_transport"]
 
     def stop(self):
         if self.proc is None:

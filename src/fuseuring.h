@@ -1,0 +1,45 @@
+/* fuseuring.h - FUSE over io_uring: the kernel hands requests to per-CPU
+ * queues of registered buffers, answered in place, instead of read() and
+ * writev() on /dev/fuse (Linux 6.14 and later, when root has enabled it with
+ * /sys/module/fuse/parameters/enable_uring). Part of the FUSE glue: the only
+ * other module (with fsops and main) that sees libfuse.
+ *
+ * Why: a /dev/fuse round trip mostly waits for a daemon thread to wake on
+ * another, idle CPU (15.6 us per lock request against 5.5 us with both on
+ * one CPU, bench/README.md). A queue per CPU, served by threads pinned to it,
+ * answers a request on the CPU that made it. */
+#ifndef DBM_FUSEURING_H
+#define DBM_FUSEURING_H
+
+#include <stddef.h>
+
+struct fuse_session;
+struct dbm_sbuf;
+struct dbm_uring;
+
+enum dbm_uring_mode { DBM_URING_OFF, DBM_URING_AUTO };
+
+/* Parses "auto" or "off" (-o io_uring=...). -EINVAL for anything else. */
+int dbm_uring_parse_mode(const char *s, enum dbm_uring_mode *out);
+
+/* Creates the transport object of a session; nothing runs yet. The session
+ * must outlive it. NULL only when out of memory. */
+struct dbm_uring *dbm_uring_create(struct fuse_session *se, enum dbm_uring_mode mode);
+
+/* After fuse_session_mount() and before the session loop: in AUTO mode, if
+ * the kernel allows it, installs the session's custom I/O and starts the
+ * queue threads, which register once the kernel has answered INIT. Payload
+ * buffers hold max_write bytes (the value the INIT reply announces). When the
+ * kernel does not allow it the /dev/fuse loop serves everything and the
+ * reason is kept for dbm_uring_report(). Returns 0 or -errno (logged). */
+int dbm_uring_start(struct dbm_uring *u, size_t max_write);
+
+/* Stops and joins the queue threads (after the session loop has ended and
+ * the mount is gone), frees everything. Accepts NULL. */
+void dbm_uring_destroy(struct dbm_uring *u);
+
+/* Appends fuse_transport and fuse_transport_detail lines. Thread-safe;
+ * accepts NULL (reported as /dev/fuse). */
+void dbm_uring_report(const struct dbm_uring *u, struct dbm_sbuf *b);
+
+#endif
