@@ -15,12 +15,16 @@
  * Handlers reply on the thread that called them (fsops), which is what the
  * thread-local match relies on.
  *
- * Threads and ownership: struct dbm_uring owns nq * per_queue workers; each
- * worker owns one io_uring instance (single issuer: only it submits) with one
- * registered entry, and that entry's buffers. Workers of queue q are pinned
- * to CPU q because the kernel queues a request on the queue of the CPU the
- * caller runs on. No lock is held across calls: u->state and the counters are
- * atomics. */
+ * Threads and ownership: struct dbm_uring owns the queues, each a fixed
+ * array of worker slots; each worker owns one io_uring instance (single
+ * issuer: only it submits) with one registered entry, and that entry's
+ * buffers. Workers of queue q are pinned to CPU q because the kernel queues a
+ * request on the queue of the CPU the caller runs on. A queue starts with
+ * START_PER_QUEUE workers and grows, up to MAX_PER_QUEUE, when a request
+ * finds all of them busy, so that handlers that block (a lock waiter, a read
+ * of an export being produced) never leave a CPU without a free entry.
+ * Locks: queue.mu (guards growing and nworkers' writes) and u->mu (guards
+ * why) are leaves, never held together. */
 #define FUSE_USE_VERSION 312
 #include "fuseuring.h"
 
@@ -76,7 +80,8 @@ _Static_assert(sizeof(struct io_uring_sqe) == 64, "a 64-byte SQE, doubled by IOR
 #define SQE_SIZE 128
 #define ENABLE_PARAM "/sys/module/fuse/parameters/enable_uring"
 #define PREFIX 256 /* room before the payload for the in-header and op header */
-#define PER_QUEUE 8 /* like the /dev/fuse loop's 16 threads: a blocked lock waiter never starves a queue */
+#define START_PER_QUEUE 4
+#define MAX_PER_QUEUE 32
 #define MAX_QUEUES 256
 #define WAKE_SIGNAL SIGUSR2
 
@@ -94,7 +99,6 @@ struct ring {
 struct worker {
     struct dbm_uring *u;
     pthread_t th;
-    int started;
     unsigned qid;
     struct ring ring;
     struct iovec iov[2];          /* registered: header, payload */
@@ -104,13 +108,20 @@ struct worker {
     int replied;
 };
 
+struct queue {
+    pthread_mutex_t mu;           /* guards growth: nworkers' writes, the slots' set-up */
+    _Atomic unsigned nworkers;    /* slots [0, nworkers) have been started */
+    _Atomic unsigned busy;        /* workers serving a request */
+    struct worker w[MAX_PER_QUEUE];
+};
+
 struct dbm_uring {
     struct fuse_session *se;
     enum dbm_uring_mode mode;
     int fuse_fd;
     size_t payload_len;
-    unsigned nq, per_queue;
-    struct worker *w;
+    unsigned nq;
+    struct queue *q;
     _Atomic int state;
     _Atomic int stop;
     pthread_mutex_t mu;           /* protects why; a leaf */
@@ -350,6 +361,8 @@ static int do_register(struct worker *w, int *res)
     }
 }
 
+static void queue_grow(struct dbm_uring *u, unsigned qid);
+
 static int shutting_down(int res)
 {
     return res == -ENOTCONN || res == -ECONNABORTED || res == -ECANCELED;
@@ -388,7 +401,11 @@ static void *worker_main(void *arg)
             break;
         int expect = ST_STARTING;
         __atomic_compare_exchange_n((int *)&u->state, &expect, ST_ACTIVE, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+        struct queue *q = &u->q[w->qid];
+        if (__atomic_add_fetch(&q->busy, 1, __ATOMIC_ACQ_REL) >= __atomic_load_n(&q->nworkers, __ATOMIC_ACQUIRE))
+            queue_grow(u, w->qid); /* this was the last free entry on this CPU */
         serve(w);
+        __atomic_sub_fetch(&q->busy, 1, __ATOMIC_ACQ_REL);
         struct uring_cmd_req req = { .commit_id = w->hdr->ent.commit_id, .qid = (uint16_t)w->qid };
         ring_push_cmd(&w->ring, u->fuse_fd, URING_CMD_COMMIT_AND_FETCH, NULL, &req);
         rc = ring_submit_wait(&w->ring, 1, &res);
@@ -492,7 +509,6 @@ int dbm_uring_start(struct dbm_uring *u, size_t max_write)
     if (ncpu > MAX_QUEUES)
         ncpu = MAX_QUEUES;
     u->nq = (unsigned)ncpu;
-    u->per_queue = PER_QUEUE;
     const struct fuse_custom_io io = { .writev = uring_writev, .read = uring_read };
     int rc = fuse_session_custom_io(u->se, &io, u->fuse_fd);
     if (rc < 0) {
@@ -502,25 +518,66 @@ int dbm_uring_start(struct dbm_uring *u, size_t max_write)
     struct sigaction sa = { .sa_handler = wake_handler }; /* no SA_RESTART: a stop interrupts the wait */
     sigemptyset(&sa.sa_mask);
     sigaction(WAKE_SIGNAL, &sa, NULL);
-    u->w = calloc((size_t)u->nq * u->per_queue, sizeof *u->w);
-    if (!u->w) {
+    u->q = calloc(u->nq, sizeof *u->q);
+    if (!u->q) {
         set_failed(u, "%s", ENOMEM);
         return -ENOMEM;
     }
-    for (unsigned i = 0; i < u->nq * u->per_queue; i++) {
-        struct worker *w = &u->w[i];
-        if ((rc = worker_init(u, w, i / u->per_queue)) < 0) {
-            set_failed(u, "%s", -rc);
-            return rc; /* started workers keep the queues they have; /dev/fuse serves the rest */
-        }
-        if ((rc = -pthread_create(&w->th, NULL, worker_main, w)) < 0) {
-            set_failed(u, "cannot start a queue thread: %s", -rc);
-            return rc;
-        }
-        w->started = 1;
-    }
-    dbm_info("FUSE over io_uring: %u queues x %u threads, %zu-byte buffers", u->nq, u->per_queue, u->payload_len);
+    for (unsigned qid = 0; qid < u->nq; qid++)
+        pthread_mutex_init(&u->q[qid].mu, NULL);
+    for (unsigned qid = 0; qid < u->nq; qid++)
+        for (int i = 0; i < START_PER_QUEUE; i++)
+            queue_grow(u, qid);
+    dbm_info("FUSE over io_uring: %u queues x %d threads (up to %d), %zu-byte buffers", u->nq, START_PER_QUEUE,
+             MAX_PER_QUEUE, u->payload_len);
     return 0;
+}
+
+/* Starts one more worker on queue qid, unless it has MAX_PER_QUEUE or the
+ * transport is stopping. A failure is logged; the queue keeps what it has. */
+static void queue_grow(struct dbm_uring *u, unsigned qid)
+{
+    struct queue *q = &u->q[qid];
+    pthread_mutex_lock(&q->mu);
+    unsigned n = __atomic_load_n(&q->nworkers, __ATOMIC_ACQUIRE);
+    int rc = 0;
+    if (n < MAX_PER_QUEUE && !__atomic_load_n(&u->stop, __ATOMIC_ACQUIRE)) {
+        struct worker *w = &q->w[n];
+        rc = worker_init(u, w, qid);
+        if (rc == 0)
+            rc = -pthread_create(&w->th, NULL, worker_main, w);
+        if (rc == 0) {
+            __atomic_store_n(&q->nworkers, n + 1, __ATOMIC_RELEASE);
+        } else {
+            free(w->hdr);
+            free(w->block);
+            memset(w, 0, sizeof *w);
+        }
+    }
+    pthread_mutex_unlock(&q->mu);
+    if (rc < 0) {
+        if (n == 0)
+            set_failed(u, "cannot start a queue thread: %s", -rc);
+        else
+            dbm_warn("io_uring: queue %u keeps %u threads: %s", qid, n, strerror(-rc));
+    }
+}
+
+/* Joins a worker, waking it until it notices u->stop (a signal that lands
+ * just before it waits again is lost, so it is repeated). 0 or -ETIMEDOUT. */
+static int worker_join(struct worker *w)
+{
+    for (int tries = 0; tries < 400; tries++) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 5 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L)
+            ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_kill(w->th, WAKE_SIGNAL);
+        if (pthread_timedjoin_np(w->th, NULL, &ts) == 0)
+            return 0;
+    }
+    return -ETIMEDOUT;
 }
 
 void dbm_uring_destroy(struct dbm_uring *u)
@@ -528,41 +585,32 @@ void dbm_uring_destroy(struct dbm_uring *u)
     if (!u)
         return;
     __atomic_store_n(&u->stop, 1, __ATOMIC_RELEASE);
-    unsigned n = u->w ? u->nq * u->per_queue : 0;
-    for (unsigned i = 0; i < n; i++) {
-        struct worker *w = &u->w[i];
-        if (!w->started)
-            continue;
-        /* a worker may be about to wait again when the signal lands: repeat */
-        for (int tries = 0; tries < 400; tries++) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 5 * 1000 * 1000;
-            if (ts.tv_nsec >= 1000000000L)
-                ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-            pthread_kill(w->th, WAKE_SIGNAL);
-            if (pthread_timedjoin_np(w->th, NULL, &ts) == 0) {
-                w->started = 0;
-                break;
-            }
-        }
-        if (w->started) {
-            dbm_warn("io_uring: a queue thread did not stop; leaving it");
-            pthread_detach(w->th);
-            continue; /* its buffers stay: it may still touch them */
-        }
-        ring_close(&w->ring);
-        free(w->hdr);
-        free(w->block);
-    }
     int leaked = 0;
-    for (unsigned i = 0; i < n; i++)
-        leaked |= u->w[i].started;
-    if (!leaked) {
-        free(u->w);
-        pthread_mutex_destroy(&u->mu);
-        free(u);
+    for (unsigned qid = 0; u->q && qid < u->nq; qid++) {
+        struct queue *q = &u->q[qid];
+        pthread_mutex_lock(&q->mu); /* after this no worker starts: they check stop under it */
+        unsigned n = q->nworkers;
+        pthread_mutex_unlock(&q->mu);
+        for (unsigned i = 0; i < n; i++) {
+            struct worker *w = &q->w[i];
+            if (worker_join(w) < 0) {
+                dbm_warn("io_uring: a queue thread did not stop; leaving it");
+                pthread_detach(w->th);
+                leaked = 1; /* its buffers stay: it may still touch them */
+                continue;
+            }
+            ring_close(&w->ring);
+            free(w->hdr);
+            free(w->block);
+        }
     }
+    if (leaked)
+        return;
+    for (unsigned qid = 0; u->q && qid < u->nq; qid++)
+        pthread_mutex_destroy(&u->q[qid].mu);
+    free(u->q);
+    pthread_mutex_destroy(&u->mu);
+    free(u);
 }
 
 void dbm_uring_report(const struct dbm_uring *u, struct dbm_sbuf *b)
@@ -570,7 +618,8 @@ void dbm_uring_report(const struct dbm_uring *u, struct dbm_sbuf *b)
     int st = u ? __atomic_load_n(&u->state, __ATOMIC_ACQUIRE) : ST_OFF;
     if (st == ST_ACTIVE) {
         dbm_sbuf_kv(b, "fuse_transport", "io_uring");
-        dbm_sbuf_kv(b, "fuse_transport_detail", "%u queues x %u threads, pinned per CPU", u->nq, u->per_queue);
+        dbm_sbuf_kv(b, "fuse_transport_detail", "%u queues (one per CPU), %d to %d threads each", u->nq,
+                    START_PER_QUEUE, MAX_PER_QUEUE);
         return;
     }
     char why[sizeof u->why] = "off";

@@ -45,12 +45,20 @@ struct cli {
     const char *mountpoint;
     int npos;
     char *io_uring; /* -o io_uring=MODE, allocated by fuse_opt_parse */
+    unsigned max_threads; /* -o max_threads=N; 0: not given */
 };
 
+/* max_threads is taken here because fuse_parse_cmdline() reports its own
+ * default (10) as if it had been given */
 static const struct fuse_opt cli_opts[] = {
     { "io_uring=%s", offsetof(struct cli, io_uring), 0 },
+    { "max_threads=%u", offsetof(struct cli, max_threads), 0 },
     FUSE_OPT_END,
 };
+
+/* /dev/fuse loop threads unless -o max_threads=N: each blocked lock waiter
+ * holds one, and the unlock that frees it needs another */
+#define DEFAULT_MAX_THREADS 64
 
 static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
 {
@@ -277,10 +285,7 @@ int main(int argc, char *argv[])
         fuse_loop_cfg_set_clone_fd(lc, opts.clone_fd);
         if (opts.max_idle_threads != UINT_MAX) /* unset is -1: keep libfuse's default */
             fuse_loop_cfg_set_idle_threads(lc, opts.max_idle_threads);
-        /* -o max_threads=N wins; unset, libfuse's default of 10 is raised to 16 so
-         * a blocked lock waiter never starves the loop */
-        unsigned mt = opts.max_threads;
-        fuse_loop_cfg_set_max_threads(lc, mt == 0 || mt == UINT_MAX ? 16 : mt);
+        fuse_loop_cfg_set_max_threads(lc, cli.max_threads ? cli.max_threads : DEFAULT_MAX_THREADS);
         ret = fuse_session_loop_mt(se, lc);
         fuse_loop_cfg_destroy(lc);
     }

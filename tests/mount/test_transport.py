@@ -1,0 +1,150 @@
+"""How requests reach the daemon: /dev/fuse or FUSE over io_uring (issue: backup engine, speed)."""
+import os
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+from conftest import BIN, URING_PARAM, kv, run, uring_enabled, wait_for
+
+PY = "/usr/bin/python3"
+
+
+def sql(db, stmt, check=True):
+    return run("sqlite3", "-cmd", ".timeout 20000", db, stmt, check=check)
+
+
+@pytest.fixture
+def uring_switch():
+    """Sets the kernel's FUSE-over-io_uring switch for one test, then puts it back."""
+    if not os.access(URING_PARAM, os.W_OK):
+        pytest.skip(f"{URING_PARAM} is not writable here (needs root and Linux 6.14+)")
+    was = open(URING_PARAM).read().strip()
+
+    def set_to(value):
+        with open(URING_PARAM, "w") as f:
+            f.write(value)
+
+    yield set_to
+    set_to(was)
+
+
+def test_io_uring_option_is_checked(tmpbase):
+    state, mnt = os.path.join(tmpbase, "s"), os.path.join(tmpbase, "m")
+    os.makedirs(mnt)
+    run(BIN, "--init", state)
+    p = run(BIN, "-f", "-o", "io_uring=yes", state, mnt, check=False)
+    assert p.returncode == 2
+    assert "io_uring=yes" in p.stderr and "expected io_uring=auto or io_uring=off" in p.stderr
+    assert not os.path.ismount(mnt)
+
+
+def test_off_is_reported_and_serves(new_mount):
+    m = new_mount(None, True, "-o", "io_uring=off")
+    st = kv(open(m.p("status")).read())
+    assert st["fuse_transport"] == "/dev/fuse"
+    assert st["fuse_transport_detail"] == "io_uring off (-o io_uring=off)"
+    db = m.p("prod", "db", "t.db")
+    sql(db, "CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+    assert sql(db, "SELECT count(*) FROM t;").stdout.strip() == "1"
+
+
+def test_disabled_in_the_kernel_falls_back_and_says_how_to_enable(new_mount, uring_switch):
+    uring_switch("N")
+    m = new_mount(None, True, "-o", "io_uring=auto")
+    st = kv(open(m.p("status")).read())
+    assert st["fuse_transport"] == "/dev/fuse"
+    assert f"echo Y > {URING_PARAM}" in st["fuse_transport_detail"]
+    assert "FUSE over io_uring not used" in m.read_log()
+    db = m.p("prod", "db", "t.db")
+    sql(db, "CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+    assert sql(db, "PRAGMA integrity_check;").stdout.strip() == "ok"
+
+
+WORKLOAD = """
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], timeout=20, isolation_level=None)
+c.execute("PRAGMA journal_mode=" + sys.argv[2])
+c.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, who, pad)")
+for i in range(200):
+    c.execute("BEGIN IMMEDIATE")
+    c.execute("INSERT INTO t(who, pad) VALUES (?, randomblob(300))", (sys.argv[3],))
+    c.execute("COMMIT")
+    c.execute("SELECT count(*) FROM t").fetchone()
+"""
+
+
+@pytest.mark.parametrize("mode", ["delete", "wal"])
+def test_io_uring_serves_writers_on_every_cpu(new_mount, uring_switch, mode):
+    uring_switch("Y")
+    m = new_mount(None, True, "-o", "io_uring=auto")
+    wait_for(lambda: m.transport() == "io_uring", what="io_uring transport")
+    detail = kv(open(m.p("status")).read())["fuse_transport_detail"]
+    assert "queues (one per CPU)" in detail
+    ncpu = os.cpu_count()
+    db = m.p("prod", "db", f"u{mode}.db")
+    # one writer per CPU, pinned, so that every queue serves requests
+    ws = [subprocess.Popen(["taskset", "-c", str(cpu), PY, "-c", WORKLOAD, db, mode, f"cpu{cpu}"])
+          for cpu in range(ncpu)]
+    assert all(w.wait(timeout=120) == 0 for w in ws)
+    assert sql(db, "SELECT count(*) FROM t;").stdout.strip() == str(200 * ncpu)
+    assert sql(db, "PRAGMA integrity_check;").stdout.strip() == "ok"
+    commits = int(kv(open(m.p("prod", "info")).read())[f"db.u{mode}.db.commits"])
+    assert commits >= 200 * ncpu
+    # a clean unmount with the queue threads running
+    m.stop()
+    assert "queue thread did not stop" not in m.read_log()
+
+
+HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 100, 4096)
+print("held", flush=True)
+sys.stdin.readline()
+fcntl.lockf(fd, fcntl.LOCK_UN, 100, 4096)
+"""
+
+WAITER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+print("waiting", flush=True)
+fcntl.lockf(fd, fcntl.LOCK_EX, 100, 4096)
+fcntl.lockf(fd, fcntl.LOCK_UN, 100, 4096)
+print("got", flush=True)
+"""
+
+
+def test_blocked_lock_waiters_do_not_starve_a_cpu(mount):
+    """Twelve F_SETLKW waiters on one CPU each hold a daemon thread; requests
+    from that CPU (a status read, the holder's unlock) are still served."""
+    db = mount.p("prod", "db", "lk.db")
+    sql(db, "CREATE TABLE t(x);")
+    pin = ["taskset", "-c", "0"]
+    holder = subprocess.Popen(pin + [PY, "-c", HOLDER, db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    waiters = [subprocess.Popen(pin + [PY, "-c", WAITER, db], stdout=subprocess.PIPE, text=True) for _ in range(12)]
+    try:
+        for w in waiters:
+            assert w.stdout.readline().strip() == "waiting"
+        time.sleep(0.5)  # let every F_SETLKW reach the daemon and block there
+        assert all(w.poll() is None for w in waiters), "a waiter got a lock that is held"
+        st = run(*pin, "cat", mount.p("status"), timeout=20)
+        assert "fuse_transport" in st.stdout
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=30) == 0
+        for w in waiters:
+            out, _ = w.communicate(timeout=60)
+            assert out.strip() == "got" and w.returncode == 0
+    finally:
+        for p in waiters + [holder]:
+            if p.poll() is None:
+                p.kill()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    # its request is stuck in a starved daemon: only ending the daemon frees it
+                    mount.crash()
+                    p.wait()
