@@ -15,6 +15,8 @@ import time
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 DAEMON = os.path.join(ROOT, "build", "src", "dbmovefs")   # replaced by use_daemon()
+IO_URING = os.environ.get("BENCH_IO_URING", "auto")        # -o io_uring=...; bench/run sets the kernel switch
+TRANSPORTS = []                                             # fuse_transport of each mount made
 CACHE = os.path.join(BENCH, ".cache")
 REVISION = None   # what the daemon under test was built from (set by use_daemon)
 
@@ -104,6 +106,7 @@ def machine_facts():
         ("machine_memory", mem),
         ("dbmovefs_revision", REVISION or git_rev()),
         ("sqlite_version", sqlite3.sqlite_version),
+        ("fuse_transport", " ".join(sorted(set(TRANSPORTS))) or "none"),
     ]
 
 
@@ -199,7 +202,7 @@ class Mount:
     def __init__(self, state, mnt, logpath):
         self.state, self.mnt, self.logpath = state, mnt, logpath
         self.logf = open(logpath, "a")
-        self.proc = subprocess.Popen([DAEMON, "-f", state, mnt], stdout=self.logf,
+        self.proc = subprocess.Popen([DAEMON, "-f", "-o", "io_uring=" + IO_URING, state, mnt], stdout=self.logf,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 20
         while not os.path.exists(os.path.join(mnt, "status")):
@@ -214,6 +217,15 @@ class Mount:
         if self.pid != self.proc.pid:
             log("note: lock pid %d != started pid %d" % (self.pid, self.proc.pid))
         self.db = os.path.join(mnt, "prod", "db")
+        if IO_URING == "auto":  # the kernel switches to the queues a moment after INIT
+            deadline = time.time() + 5
+            while self.root_status().get("fuse_transport") != "io_uring" and time.time() < deadline:
+                time.sleep(0.05)
+        TRANSPORTS.append(self.root_status().get("fuse_transport", "unknown"))
+
+    def root_status(self):
+        with open(os.path.join(self.mnt, "status")) as f:
+            return dict(l.rstrip("\n").split(": ", 1) for l in f if ": " in l)
 
     def log_tail(self, n=40):
         try:

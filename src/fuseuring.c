@@ -19,10 +19,12 @@
  * array of worker slots; each worker owns one io_uring instance (single
  * issuer: only it submits) with one registered entry, and that entry's
  * buffers. Workers of queue q are pinned to CPU q because the kernel queues a
- * request on the queue of the CPU the caller runs on. A queue starts with
- * START_PER_QUEUE workers and grows, up to MAX_PER_QUEUE, when a request
- * finds all of them busy, so that handlers that block (a lock waiter, a read
- * of an export being produced) never leave a CPU without a free entry.
+ * request on the queue of the CPU the caller runs on. Each queue has
+ * PER_QUEUE workers from the start, because a handler that blocks (an
+ * F_SETLKW waiter) holds its entry, and the kernel gives an entry registered
+ * later only requests that arrive after it, not those already waiting: a
+ * queue that grew on demand could leave a queued unlock unserved behind
+ * blocked waiters. Idle workers cost a thread and untouched buffer pages.
  * Locks: queue.mu (guards growing and nworkers' writes) and u->mu (guards
  * why) are leaves, never held together. */
 #define FUSE_USE_VERSION 312
@@ -80,8 +82,7 @@ _Static_assert(sizeof(struct io_uring_sqe) == 64, "a 64-byte SQE, doubled by IOR
 #define SQE_SIZE 128
 #define ENABLE_PARAM "/sys/module/fuse/parameters/enable_uring"
 #define PREFIX 256 /* room before the payload for the in-header and op header */
-#define START_PER_QUEUE 4
-#define MAX_PER_QUEUE 32
+#define PER_QUEUE 32 /* blocked lock waiters a CPU can have before its queue starves */
 #define MAX_QUEUES 256
 #define WAKE_SIGNAL SIGUSR2
 
@@ -109,10 +110,9 @@ struct worker {
 };
 
 struct queue {
-    pthread_mutex_t mu;           /* guards growth: nworkers' writes, the slots' set-up */
+    pthread_mutex_t mu;           /* guards starting workers: nworkers' writes, the slots' set-up */
     _Atomic unsigned nworkers;    /* slots [0, nworkers) have been started */
-    _Atomic unsigned busy;        /* workers serving a request */
-    struct worker w[MAX_PER_QUEUE];
+    struct worker w[PER_QUEUE];
 };
 
 struct dbm_uring {
@@ -361,8 +361,6 @@ static int do_register(struct worker *w, int *res)
     }
 }
 
-static void queue_grow(struct dbm_uring *u, unsigned qid);
-
 static int shutting_down(int res)
 {
     return res == -ENOTCONN || res == -ECONNABORTED || res == -ECANCELED;
@@ -401,11 +399,7 @@ static void *worker_main(void *arg)
             break;
         int expect = ST_STARTING;
         __atomic_compare_exchange_n((int *)&u->state, &expect, ST_ACTIVE, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
-        struct queue *q = &u->q[w->qid];
-        if (__atomic_add_fetch(&q->busy, 1, __ATOMIC_ACQ_REL) >= __atomic_load_n(&q->nworkers, __ATOMIC_ACQUIRE))
-            queue_grow(u, w->qid); /* this was the last free entry on this CPU */
         serve(w);
-        __atomic_sub_fetch(&q->busy, 1, __ATOMIC_ACQ_REL);
         struct uring_cmd_req req = { .commit_id = w->hdr->ent.commit_id, .qid = (uint16_t)w->qid };
         ring_push_cmd(&w->ring, u->fuse_fd, URING_CMD_COMMIT_AND_FETCH, NULL, &req);
         rc = ring_submit_wait(&w->ring, 1, &res);
@@ -489,6 +483,8 @@ static int worker_init(struct dbm_uring *u, struct worker *w, unsigned qid)
     return 0;
 }
 
+static void queue_add_worker(struct dbm_uring *u, unsigned qid);
+
 int dbm_uring_start(struct dbm_uring *u, size_t max_write)
 {
     if (u->mode == DBM_URING_OFF)
@@ -526,22 +522,21 @@ int dbm_uring_start(struct dbm_uring *u, size_t max_write)
     for (unsigned qid = 0; qid < u->nq; qid++)
         pthread_mutex_init(&u->q[qid].mu, NULL);
     for (unsigned qid = 0; qid < u->nq; qid++)
-        for (int i = 0; i < START_PER_QUEUE; i++)
-            queue_grow(u, qid);
-    dbm_info("FUSE over io_uring: %u queues x %d threads (up to %d), %zu-byte buffers", u->nq, START_PER_QUEUE,
-             MAX_PER_QUEUE, u->payload_len);
+        for (int i = 0; i < PER_QUEUE; i++)
+            queue_add_worker(u, qid);
+    dbm_info("FUSE over io_uring: %u queues x %d threads, %zu-byte buffers", u->nq, PER_QUEUE, u->payload_len);
     return 0;
 }
 
-/* Starts one more worker on queue qid, unless it has MAX_PER_QUEUE or the
+/* Starts one more worker on queue qid, unless it has PER_QUEUE or the
  * transport is stopping. A failure is logged; the queue keeps what it has. */
-static void queue_grow(struct dbm_uring *u, unsigned qid)
+static void queue_add_worker(struct dbm_uring *u, unsigned qid)
 {
     struct queue *q = &u->q[qid];
     pthread_mutex_lock(&q->mu);
     unsigned n = __atomic_load_n(&q->nworkers, __ATOMIC_ACQUIRE);
     int rc = 0;
-    if (n < MAX_PER_QUEUE && !__atomic_load_n(&u->stop, __ATOMIC_ACQUIRE)) {
+    if (n < PER_QUEUE && !__atomic_load_n(&u->stop, __ATOMIC_ACQUIRE)) {
         struct worker *w = &q->w[n];
         rc = worker_init(u, w, qid);
         if (rc == 0)
@@ -618,8 +613,7 @@ void dbm_uring_report(const struct dbm_uring *u, struct dbm_sbuf *b)
     int st = u ? __atomic_load_n(&u->state, __ATOMIC_ACQUIRE) : ST_OFF;
     if (st == ST_ACTIVE) {
         dbm_sbuf_kv(b, "fuse_transport", "io_uring");
-        dbm_sbuf_kv(b, "fuse_transport_detail", "%u queues (one per CPU), %d to %d threads each", u->nq,
-                    START_PER_QUEUE, MAX_PER_QUEUE);
+        dbm_sbuf_kv(b, "fuse_transport_detail", "%u queues (one per CPU), %d threads each", u->nq, PER_QUEUE);
         return;
     }
     char why[sizeof u->why] = "off";
