@@ -465,7 +465,7 @@ struct dbm_uring *dbm_uring_create(struct fuse_session *se, enum dbm_uring_mode 
     u->se = se;
     u->mode = mode;
     u->state = ST_OFF;
-    snprintf(u->why, sizeof u->why, "off (-o io_uring=off)");
+    snprintf(u->why, sizeof u->why, "off (-o io_uring=auto turns it on)");
     return u;
 }
 

@@ -32,7 +32,8 @@ static const char usage[] =
     "  -s               single-threaded\n"
     "  -o OPT[,OPT...]  mount options: allow_other, default FUSE options, and\n"
     "                   io_uring=auto|off: serve requests through per-CPU io_uring\n"
-    "                   queues when the kernel allows it (auto, the default)\n"
+    "                   queues when the kernel allows it (auto), or not (off,\n"
+    "                   the default)\n"
     "  -h, --help       this help\n"
     "  -V, --version    print the version\n"
     "\n"
@@ -212,7 +213,10 @@ int main(int argc, char *argv[])
     struct fuse_cmdline_opts opts;
     if (fuse_opt_parse(&args, &cli, cli_opts, opt_proc) < 0 || fuse_parse_cmdline(&args, &opts) < 0)
         return 2;
-    enum dbm_uring_mode umode = DBM_URING_AUTO;
+    /* off by default: io_uring halves a lock round trip but serialises the
+     * application and the daemon on one CPU, which costs more on WAL and
+     * read-heavy work than it saves (bench/results, fs-layout.md) */
+    enum dbm_uring_mode umode = DBM_URING_OFF;
     if (cli.io_uring && dbm_uring_parse_mode(cli.io_uring, &umode) < 0) {
         fprintf(stderr, "dbmovefs: -o io_uring=%s: expected io_uring=auto or io_uring=off\n", cli.io_uring);
         free(cli.io_uring);

@@ -44,7 +44,7 @@ def test_off_is_reported_and_serves(new_mount):
     m = new_mount(None, True, "-o", "io_uring=off")
     st = kv(open(m.p("status")).read())
     assert st["fuse_transport"] == "/dev/fuse"
-    assert st["fuse_transport_detail"] == "io_uring off (-o io_uring=off)"
+    assert st["fuse_transport_detail"] == "io_uring off (-o io_uring=auto turns it on)"
     db = m.p("prod", "db", "t.db")
     sql(db, "CREATE TABLE t(x); INSERT INTO t VALUES (1);")
     assert sql(db, "SELECT count(*) FROM t;").stdout.strip() == "1"
