@@ -25,8 +25,9 @@
  * later only requests that arrive after it, not those already waiting: a
  * queue that grew on demand could leave a queued unlock unserved behind
  * blocked waiters. Idle workers cost a thread and untouched buffer pages.
- * Locks: queue.mu (guards growing and nworkers' writes) and u->mu (guards
- * why) are leaves, never held together. */
+ * Workers are started by dbm_uring_start and joined by dbm_uring_destroy,
+ * both on the main thread, so the queues need no lock. u->mu (guards why) is
+ * a leaf. */
 #define FUSE_USE_VERSION 312
 #include "fuseuring.h"
 
@@ -86,7 +87,7 @@ _Static_assert(sizeof(struct io_uring_sqe) == 64, "a 64-byte SQE, doubled by IOR
 #define MAX_QUEUES 256
 #define WAKE_SIGNAL SIGUSR2
 
-enum state { ST_OFF, ST_NO_KERNEL, ST_DISABLED, ST_STARTING, ST_ACTIVE, ST_FAILED };
+enum state { ST_OFF, ST_STARTING, ST_ACTIVE, ST_FAILED }; /* why says why not active */
 
 struct ring {
     int fd;
@@ -110,8 +111,7 @@ struct worker {
 };
 
 struct queue {
-    pthread_mutex_t mu;           /* guards starting workers: nworkers' writes, the slots' set-up */
-    _Atomic unsigned nworkers;    /* slots [0, nworkers) have been started */
+    unsigned nworkers;            /* slots [0, nworkers) have been started */
     struct worker w[PER_QUEUE];
 };
 
@@ -434,21 +434,21 @@ static int possible_cpus(void)
     return hi + 1;
 }
 
-/* ST_ACTIVE-to-be, or why not: the kernel's switch decides. */
+/* Whether the kernel's switch allows it; if not, u->why says why. */
 static int kernel_allows(struct dbm_uring *u)
 {
     FILE *f = fopen(ENABLE_PARAM, "r");
     if (!f) {
         snprintf(u->why, sizeof u->why, "this kernel has no FUSE over io_uring (Linux 6.14 or later has it)");
-        return ST_NO_KERNEL;
+        return 0;
     }
     int c = fgetc(f);
     fclose(f);
     if (c != 'Y') {
         snprintf(u->why, sizeof u->why, "disabled in the kernel; as root: echo Y > %s", ENABLE_PARAM);
-        return ST_DISABLED;
+        return 0;
     }
-    return ST_STARTING;
+    return 1;
 }
 
 static void wake_handler(int sig)
@@ -489,12 +489,11 @@ int dbm_uring_start(struct dbm_uring *u, size_t max_write)
 {
     if (u->mode == DBM_URING_OFF)
         return 0;
-    int st = kernel_allows(u);
-    u->state = st;
-    if (st != ST_STARTING) {
+    if (!kernel_allows(u)) {
         dbm_info("FUSE over io_uring not used: %s", u->why);
         return 0;
     }
+    u->state = ST_STARTING;
     snprintf(u->why, sizeof u->why, "starting: the kernel routes requests to the queues once each has an entry");
     /* the kernel's payload size: max_write, at least 8 KiB, in whole pages */
     long page = sysconf(_SC_PAGESIZE);
@@ -520,37 +519,28 @@ int dbm_uring_start(struct dbm_uring *u, size_t max_write)
         return -ENOMEM;
     }
     for (unsigned qid = 0; qid < u->nq; qid++)
-        pthread_mutex_init(&u->q[qid].mu, NULL);
-    for (unsigned qid = 0; qid < u->nq; qid++)
         for (int i = 0; i < PER_QUEUE; i++)
             queue_add_worker(u, qid);
     dbm_info("FUSE over io_uring: %u queues x %d threads, %zu-byte buffers", u->nq, PER_QUEUE, u->payload_len);
     return 0;
 }
 
-/* Starts one more worker on queue qid, unless it has PER_QUEUE or the
- * transport is stopping. A failure is logged; the queue keeps what it has. */
+/* Starts one more worker on queue qid (it has fewer than PER_QUEUE). A
+ * failure is logged; the queue keeps what it has. */
 static void queue_add_worker(struct dbm_uring *u, unsigned qid)
 {
     struct queue *q = &u->q[qid];
-    pthread_mutex_lock(&q->mu);
-    unsigned n = __atomic_load_n(&q->nworkers, __ATOMIC_ACQUIRE);
-    int rc = 0;
-    if (n < PER_QUEUE && !__atomic_load_n(&u->stop, __ATOMIC_ACQUIRE)) {
-        struct worker *w = &q->w[n];
-        rc = worker_init(u, w, qid);
-        if (rc == 0)
-            rc = -pthread_create(&w->th, NULL, worker_main, w);
-        if (rc == 0) {
-            __atomic_store_n(&q->nworkers, n + 1, __ATOMIC_RELEASE);
-        } else {
-            free(w->hdr);
-            free(w->block);
-            memset(w, 0, sizeof *w);
-        }
-    }
-    pthread_mutex_unlock(&q->mu);
-    if (rc < 0) {
+    unsigned n = q->nworkers;
+    struct worker *w = &q->w[n];
+    int rc = worker_init(u, w, qid);
+    if (rc == 0)
+        rc = -pthread_create(&w->th, NULL, worker_main, w);
+    if (rc == 0) {
+        q->nworkers = n + 1;
+    } else {
+        free(w->hdr);
+        free(w->block);
+        memset(w, 0, sizeof *w);
         if (n == 0)
             set_failed(u, "cannot start a queue thread: %s", -rc);
         else
@@ -583,9 +573,7 @@ void dbm_uring_destroy(struct dbm_uring *u)
     int leaked = 0;
     for (unsigned qid = 0; u->q && qid < u->nq; qid++) {
         struct queue *q = &u->q[qid];
-        pthread_mutex_lock(&q->mu); /* after this no worker starts: they check stop under it */
         unsigned n = q->nworkers;
-        pthread_mutex_unlock(&q->mu);
         for (unsigned i = 0; i < n; i++) {
             struct worker *w = &q->w[i];
             if (worker_join(w) < 0) {
@@ -601,8 +589,6 @@ void dbm_uring_destroy(struct dbm_uring *u)
     }
     if (leaked)
         return;
-    for (unsigned qid = 0; u->q && qid < u->nq; qid++)
-        pthread_mutex_destroy(&u->q[qid].mu);
     free(u->q);
     pthread_mutex_destroy(&u->mu);
     free(u);
