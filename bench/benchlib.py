@@ -196,6 +196,12 @@ class Workdir:
         self.close()
 
 
+def read_kv(path):
+    """The `key: value` lines of one of the mount's text files, as a dict."""
+    with open(path) as f:
+        return dict(l.rstrip("\n").split(": ", 1) for l in f if ": " in l)
+
+
 class Mount:
     """dbmovefs -f STATE MNT in the background (log kept in a file so errors can be shown)."""
 
@@ -224,8 +230,7 @@ class Mount:
         TRANSPORTS.append(self.root_status().get("fuse_transport", "unknown"))
 
     def root_status(self):
-        with open(os.path.join(self.mnt, "status")) as f:
-            return dict(l.rstrip("\n").split(": ", 1) for l in f if ": " in l)
+        return read_kv(os.path.join(self.mnt, "status"))
 
     def log_tail(self, n=40):
         try:
@@ -238,8 +243,7 @@ class Mount:
         return self.proc.poll() is None
 
     def env_status(self, env="prod"):
-        with open(os.path.join(self.mnt, env, "status")) as f:
-            return dict(l.rstrip("\n").split(": ", 1) for l in f if ": " in l)
+        return read_kv(os.path.join(self.mnt, env, "status"))
 
     def stop(self):
         if self.proc is None:

@@ -39,6 +39,14 @@ def run(*args, check=True, **kw):
     return p
 
 
+PY = "/usr/bin/python3"  # the python3 that has the sqlite3 module and pytest
+
+
+def sql(db, script, check=True, timeout=120):
+    """Runs an SQL script with the sqlite3 shell, stopping at the first error."""
+    return run("sqlite3", "-bail", db, script, check=check, timeout=timeout)
+
+
 def wait_for(pred, timeout=10.0, what="condition"):
     end = time.time() + timeout
     while time.time() < end:

@@ -1,21 +1,13 @@
 """Live SQLite databases through the mount, every commit recorded (issue: backup engine)."""
 import filecmp
 import os
-import signal
 import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 
-from conftest import Mount, db_info, history_image, kv, run, wait_for
-
-PY = "/usr/bin/python3"
-
-
-def sql(db, script, check=True, timeout=120):
-    return run("sqlite3", "-bail", db, script, check=check, timeout=timeout)
+from conftest import PY, Mount, db_info, history_image, kv, run, sql, wait_for
 
 
 def same_as_history(m, env, name, tmpbase):

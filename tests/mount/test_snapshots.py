@@ -11,9 +11,7 @@ import time
 
 import pytest
 
-from conftest import kv, run, wait_for
-
-PY = "/usr/bin/python3"
+from conftest import PY, kv, run, wait_for
 
 
 def rfc3339(ns, offset_minutes=0):

@@ -1,18 +1,11 @@
 """How requests reach the daemon: /dev/fuse or FUSE over io_uring (issue: backup engine, speed)."""
 import os
 import subprocess
-import textwrap
 import time
 
 import pytest
 
-from conftest import BIN, URING_PARAM, kv, run, uring_enabled, wait_for
-
-PY = "/usr/bin/python3"
-
-
-def sql(db, stmt, check=True):
-    return run("sqlite3", "-cmd", ".timeout 20000", db, stmt, check=check)
+from conftest import BIN, PY, URING_PARAM, kv, run, sql, wait_for
 
 
 @pytest.fixture
