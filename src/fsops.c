@@ -8,6 +8,7 @@
 #include "fsops.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -319,7 +320,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     pthread_rwlock_rdlock(&d->cfg_lock);
     if (fi && is_text(ino) && fi->fh) {
         /* fstat on an open text file: the size of what this handle reads */
-        struct textfh *t = (struct textfh *)(uintptr_t)fi->fh;
+        struct textfh *t = dbm_fs_fh(fi);
         rc = node_attr(d, ino, &st, t->len);
         ttl = TTL_TEXT;
     } else {
@@ -500,14 +501,94 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 
 /* ---- files ---- */
 
-struct textfh *dbm_fs_textfh_new(const char *data, size_t len)
+struct fhent {
+    struct fhent *prev, *next;
+    void *obj;
+    void (*drop)(void *obj);
+};
+
+/* fh_mu guards the list; it is taken alone (never with cfg_lock or a
+ * livedb lock held), and drop() runs outside it. */
+static pthread_mutex_t fh_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct fhent fh_list = { &fh_list, &fh_list, NULL, NULL };
+
+int dbm_fs_fh_give(struct fuse_file_info *fi, void *obj, void (*drop)(void *obj))
+{
+    struct fhent *h = malloc(sizeof *h);
+    if (!h)
+        return -ENOMEM;
+    h->obj = obj;
+    h->drop = drop;
+    pthread_mutex_lock(&fh_mu);
+    h->next = fh_list.next;
+    h->prev = &fh_list;
+    h->next->prev = h;
+    fh_list.next = h;
+    pthread_mutex_unlock(&fh_mu);
+    fi->fh = (uintptr_t)h;
+    return 0;
+}
+
+void *dbm_fs_fh(const struct fuse_file_info *fi)
+{
+    return fi && fi->fh ? ((struct fhent *)(uintptr_t)fi->fh)->obj : NULL;
+}
+
+static void fh_unlink_drop(struct fhent *h)
+{
+    pthread_mutex_lock(&fh_mu);
+    h->prev->next = h->next;
+    h->next->prev = h->prev;
+    pthread_mutex_unlock(&fh_mu);
+    h->drop(h->obj);
+    free(h);
+}
+
+void dbm_fs_fh_release(struct fuse_file_info *fi)
+{
+    if (fi->fh)
+        fh_unlink_drop((struct fhent *)(uintptr_t)fi->fh);
+    fi->fh = 0;
+}
+
+/* At unmount, with no thread serving requests any more. */
+static void fh_drop_all(void)
+{
+    size_t n = 0;
+    for (;;) {
+        pthread_mutex_lock(&fh_mu);
+        struct fhent *h = fh_list.next == &fh_list ? NULL : fh_list.next;
+        pthread_mutex_unlock(&fh_mu);
+        if (!h)
+            break;
+        fh_unlink_drop(h);
+        n++;
+    }
+    if (n)
+        dbm_info("unmount: dropped %zu file handle(s) the kernel did not release", n);
+}
+
+static void drop_free(void *obj)
+{
+    free(obj);
+}
+
+static void drop_dbhandle(void *obj)
+{
+    dbm_livedb_release(obj);
+}
+
+int dbm_fs_textfh_give(struct fuse_file_info *fi, const char *data, size_t len)
 {
     struct textfh *t = malloc(sizeof *t + len);
-    if (t) {
-        t->len = len;
-        memcpy(t->data, data, len);
-    }
-    return t;
+    if (!t)
+        return -ENOMEM;
+    t->len = len;
+    memcpy(t->data, data, len);
+    int rc = dbm_fs_fh_give(fi, t, drop_free);
+    if (rc < 0)
+        free(t);
+    return rc;
 }
 
 static void open_text(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -521,15 +602,13 @@ static void open_text(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     pthread_rwlock_rdlock(&d->cfg_lock);
     int rc = gen_text(d, ino, &b);
     pthread_rwlock_unlock(&d->cfg_lock);
-    struct textfh *t = NULL;
-    if (rc == 0 && (!dbm_sbuf_ok(&b) || !(t = dbm_fs_textfh_new(b.buf, b.len))))
-        rc = -ENOMEM;
+    if (rc == 0)
+        rc = dbm_sbuf_ok(&b) ? dbm_fs_textfh_give(fi, b.buf, b.len) : -ENOMEM;
     dbm_sbuf_free(&b);
     if (rc < 0) {
         fuse_reply_err(req, -rc);
         return;
     }
-    fi->fh = (uintptr_t)t;
     fi->direct_io = 1;  /* each open sees content generated for it, never a stale cache */
     fi->keep_cache = 0;
     fuse_reply_open(req, fi);
@@ -557,11 +636,12 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     if (e)
         rc = dbm_livedb_open_file(e->live, ino_id(ino), fi->flags, &h);
     pthread_rwlock_unlock(&d->cfg_lock);
+    if (rc == 0 && (rc = dbm_fs_fh_give(fi, h, drop_dbhandle)) < 0)
+        dbm_livedb_release(h);
     if (rc < 0) {
         fuse_reply_err(req, -rc);
         return;
     }
-    fi->fh = (uintptr_t)h;
     fi->keep_cache = 1; /* the page cache stays valid: every change comes through us */
     fuse_reply_open(req, fi);
 }
@@ -583,11 +663,12 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
     else if ((e = db_env(d, parent, req, DBM_ACCESS_WRITE, &rc)))
         rc = dbm_livedb_create(e->live, name, fi->flags, &id, &st, &h);
     pthread_rwlock_unlock(&d->cfg_lock);
+    if (rc == 0 && (rc = dbm_fs_fh_give(fi, h, drop_dbhandle)) < 0)
+        dbm_livedb_release(h);
     if (rc < 0) {
         fuse_reply_err(req, -rc);
         return;
     }
-    fi->fh = (uintptr_t)h;
     fi->keep_cache = 1;
     struct fuse_entry_param ep;
     memset(&ep, 0, sizeof ep);
@@ -645,7 +726,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
         /* Reply from a copy: once the kernel has the data the reader may
          * close, and another thread's RELEASE frees the handle while this
          * reply is still being sent. */
-        struct textfh *t = (struct textfh *)(uintptr_t)fi->fh;
+        struct textfh *t = dbm_fs_fh(fi);
         size_t n = (uint64_t)off >= t->len ? 0 : (size_t)off + size > t->len ? t->len - (size_t)off : size;
         char *copy = malloc(n ? n : 1);
         if (!copy) {
@@ -658,7 +739,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
         free(copy);
         return;
     }
-    struct dbm_dbhandle *h = (struct dbm_dbhandle *)(uintptr_t)fi->fh;
+    struct dbm_dbhandle *h = dbm_fs_fh(fi);
     /* zero-copy: the kernel splices straight from the backing file */
     struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
     bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
@@ -674,7 +755,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
         fuse_reply_err(req, dbm_snapfs_is(ino) ? EROFS : EBADF);
         return;
     }
-    ssize_t n = dbm_livedb_write((struct dbm_dbhandle *)(uintptr_t)fi->fh, buf, size, off);
+    ssize_t n = dbm_livedb_write(dbm_fs_fh(fi), buf, size, off);
     if (n < 0)
         fuse_reply_err(req, (int)-n);
     else
@@ -685,18 +766,14 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     int rc = 0;
     if (ino_kind(ino) == K_DBFILE)
-        rc = dbm_livedb_flush((struct dbm_dbhandle *)(uintptr_t)fi->fh, fi->lock_owner);
+        rc = dbm_livedb_flush(dbm_fs_fh(fi), fi->lock_owner);
     fuse_reply_err(req, -rc);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-    if (is_text(ino) || ino_kind(ino) == K_SNAPSHA)
-        free((void *)(uintptr_t)fi->fh);
-    else if (dbm_snapfs_is(ino))
-        dbm_snapfs_release(ino, fi);
-    else if (ino_kind(ino) == K_DBFILE)
-        dbm_livedb_release((struct dbm_dbhandle *)(uintptr_t)fi->fh);
+    (void)ino;
+    dbm_fs_fh_release(fi);
     fuse_reply_err(req, 0);
 }
 
@@ -704,7 +781,7 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 {
     int rc = 0;
     if (ino_kind(ino) == K_DBFILE)
-        rc = dbm_livedb_fsync((struct dbm_dbhandle *)(uintptr_t)fi->fh, datasync);
+        rc = dbm_livedb_fsync(dbm_fs_fh(fi), datasync);
     fuse_reply_err(req, -rc);
 }
 
@@ -728,7 +805,7 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 {
     int rc = -EOPNOTSUPP;
     if (ino_kind(ino) == K_DBFILE)
-        rc = dbm_livedb_fallocate((struct dbm_dbhandle *)(uintptr_t)fi->fh, mode, off, len);
+        rc = dbm_livedb_fallocate(dbm_fs_fh(fi), mode, off, len);
     fuse_reply_err(req, -rc);
 }
 
@@ -739,7 +816,7 @@ static void op_getlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, 
         fuse_reply_lock(req, lock);
         return;
     }
-    int rc = dbm_livedb_getlk((struct dbm_dbhandle *)(uintptr_t)fi->fh, fi->lock_owner, lock);
+    int rc = dbm_livedb_getlk(dbm_fs_fh(fi), fi->lock_owner, lock);
     if (rc < 0)
         fuse_reply_err(req, -rc);
     else
@@ -753,7 +830,7 @@ static void op_setlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, 
     /* read-only, immutable nodes (snapshot views): nothing to arbitrate */
     int rc = 0;
     if (ino_kind(ino) == K_DBFILE)
-        rc = dbm_livedb_setlk((struct dbm_dbhandle *)(uintptr_t)fi->fh, fi->lock_owner, lock, sleep,
+        rc = dbm_livedb_setlk(dbm_fs_fh(fi), fi->lock_owner, lock, sleep,
                               req_interrupted, req);
     fuse_reply_err(req, -rc);
 }
@@ -774,6 +851,8 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 static void op_destroy(void *userdata)
 {
     (void)userdata;
+    /* handles first: snapshot views hold snapshot references */
+    fh_drop_all();
     /* the kernel does not forget every inode at unmount: let the snapshots go */
     dbm_snapfs_cleanup();
 }

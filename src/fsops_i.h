@@ -56,8 +56,17 @@ struct textfh {
 
 /* fsops.c */
 void dbm_fs_reply_entry(fuse_req_t req, fuse_ino_t ino, const struct stat *st, double ttl);
-/* A text handle: content generated at open. */
-struct textfh *dbm_fs_textfh_new(const char *data, size_t len);
+/* Gives fi a text handle holding a copy of data: 0 or -ENOMEM. */
+int dbm_fs_textfh_give(struct fuse_file_info *fi, const char *data, size_t len);
+
+/* Open file handles. Every object handed to the kernel as fi->fh goes on one
+ * list, so that those whose RELEASE never comes (the connection ended while a
+ * reader was closing: unmount, SIGTERM) are dropped at unmount, not leaked.
+ * give: 0, or -ENOMEM with obj not taken (the caller drops it). release:
+ * takes it off the list and drops it. */
+int dbm_fs_fh_give(struct fuse_file_info *fi, void *obj, void (*drop)(void *obj));
+void *dbm_fs_fh(const struct fuse_file_info *fi);
+void dbm_fs_fh_release(struct fuse_file_info *fi);
 
 /* fsops_snap.c: the snapshots/ tree. Handlers reply themselves where they
  * take a req; the others return 0 or -errno. cfg_lock is held (read) by the
@@ -72,7 +81,6 @@ int dbm_snapfs_list(struct dbm_daemon *d, struct dbm_env *e, fuse_ino_t ino, siz
                     int (*add)(void *arg, const char *name, fuse_ino_t ino, mode_t mode), void *arg);
 void dbm_snapfs_open(fuse_req_t req, struct dbm_daemon *d, fuse_ino_t ino, struct fuse_file_info *fi);
 void dbm_snapfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
-void dbm_snapfs_release(fuse_ino_t ino, struct fuse_file_info *fi);
 /* At unmount: drops every snapshot the table holds. */
 void dbm_snapfs_cleanup(void);
 

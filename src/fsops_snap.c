@@ -51,6 +51,20 @@ struct expfh {
     struct dbm_export *e;
 };
 
+static void drop_view(void *obj)
+{
+    struct viewfh *v = obj;
+    dbm_snapshot_put(v->snap);
+    free(v);
+}
+
+static void drop_export(void *obj)
+{
+    struct expfh *h = obj;
+    dbm_export_put(h->e);
+    free(h);
+}
+
 int dbm_snapfs_is(fuse_ino_t ino)
 {
     enum kind k = ino_kind(ino);
@@ -385,7 +399,11 @@ static void open_view(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     }
     v->snap = s;
     v->idx = (int)idx;
-    fi->fh = (uintptr_t)v;
+    if (dbm_fs_fh_give(fi, v, drop_view) < 0) {
+        drop_view(v);
+        fuse_reply_err(req, ENOMEM);
+        return;
+    }
     /* a past instant never changes: let the page cache keep it; latest may */
     int latest = slot_is_latest(slot);
     fi->keep_cache = !latest;
@@ -414,10 +432,7 @@ static void open_export(fuse_req_t req, struct dbm_daemon *d, fuse_ino_t ino, st
         rc = dbm_export_wait(e);
         if (rc == 0 && dbm_export_size(e, &size, hex) == 1) {
             snprintf(line, sizeof line, "%s  export.bacpac\n", hex);
-            struct textfh *t = dbm_fs_textfh_new(line, SHA_FILE_LEN);
-            if (!t)
-                rc = -ENOMEM;
-            fi->fh = (uintptr_t)t;
+            rc = dbm_fs_textfh_give(fi, line, SHA_FILE_LEN);
         } else if (rc == 0) {
             rc = -EIO;
         }
@@ -437,7 +452,11 @@ static void open_export(fuse_req_t req, struct dbm_daemon *d, fuse_ino_t ino, st
         return;
     }
     h->e = e;
-    fi->fh = (uintptr_t)h;
+    if (dbm_fs_fh_give(fi, h, drop_export) < 0) {
+        drop_export(h);
+        fuse_reply_err(req, ENOMEM);
+        return;
+    }
     int fd;
     uint64_t exact;
     if (dbm_export_file(e, &fd, &exact) && exact_reported(slot_of(ino)) == exact && !slot_is_latest(slot_of(ino))) {
@@ -477,7 +496,7 @@ void dbm_snapfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, str
 {
     if (ino_kind(ino) == K_SNAPEXP) {
         /* a produced export is an immutable file: splice from it, no copy */
-        struct expfh *h = (struct expfh *)(uintptr_t)fi->fh;
+        struct expfh *h = dbm_fs_fh(fi);
         int fd;
         uint64_t total;
         if (dbm_export_file(h->e, &fd, &total)) {
@@ -497,10 +516,10 @@ void dbm_snapfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, str
     }
     ssize_t n;
     if (ino_kind(ino) == K_SNAPDB) {
-        struct viewfh *v = (struct viewfh *)(uintptr_t)fi->fh;
+        struct viewfh *v = dbm_fs_fh(fi);
         n = dbm_dbimage_pread(&v->snap->dbs[v->idx], buf, size, (uint64_t)off, v->scratch);
     } else {
-        struct expfh *h = (struct expfh *)(uintptr_t)fi->fh;
+        struct expfh *h = dbm_fs_fh(fi);
         n = dbm_export_read(h->e, buf, size, off);
     }
     if (n < 0)
@@ -508,19 +527,6 @@ void dbm_snapfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, str
     else
         fuse_reply_buf(req, buf, (size_t)n);
     free(buf);
-}
-
-void dbm_snapfs_release(fuse_ino_t ino, struct fuse_file_info *fi)
-{
-    if (ino_kind(ino) == K_SNAPDB) {
-        struct viewfh *v = (struct viewfh *)(uintptr_t)fi->fh;
-        dbm_snapshot_put(v->snap);
-        free(v);
-    } else if (ino_kind(ino) == K_SNAPEXP) {
-        struct expfh *h = (struct expfh *)(uintptr_t)fi->fh;
-        dbm_export_put(h->e);
-        free(h);
-    }
 }
 
 void dbm_snapfs_cleanup(void)

@@ -570,6 +570,10 @@ void dbm_uring_destroy(struct dbm_uring *u)
     if (!u)
         return;
     __atomic_store_n(&u->stop, 1, __ATOMIC_RELEASE);
+    /* wake them all first, so that they stop together, not one join at a time */
+    for (unsigned qid = 0; u->q && qid < u->nq; qid++)
+        for (unsigned i = 0; i < u->q[qid].nworkers; i++)
+            pthread_kill(u->q[qid].w[i].th, WAKE_SIGNAL);
     int leaked = 0;
     for (unsigned qid = 0; u->q && qid < u->nq; qid++) {
         struct queue *q = &u->q[qid];

@@ -293,9 +293,12 @@ int main(int argc, char *argv[])
         ret = fuse_session_loop_mt(se, lc);
         fuse_loop_cfg_destroy(lc);
     }
-    fuse_session_unmount(se);
-    dbm_uring_destroy(uring); /* joins the queue threads: nothing reads status any more */
+    /* the queue threads go first: unmounting closes the /dev/fuse fd they
+     * submit on, and its number may be reused by then (EBADF, or a command
+     * sent to another file). Joined, nothing reads status any more. */
+    dbm_uring_destroy(uring);
     d->uring = NULL;
+    fuse_session_unmount(se);
     dbm_notice("unmounted %s; exiting", mountpoint);
     /* libfuse reports the signal that ended the loop; a requested shutdown is a clean exit */
     ret = (ret == 0 || ret == SIGTERM || ret == SIGINT) ? 0 : 1;
