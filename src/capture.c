@@ -101,7 +101,8 @@ static int ensure_timeline(struct base *b, uint32_t page_size, uint64_t now)
         dbm_tl_drop(l->store, id);
         return rc;
     }
-    if ((rc = dbm_catalog_db_add(l->cat, l->env, b->name, id, now, &b->cat_id)) < 0) {
+    if ((rc = dbm_dur_timeline_new(b, id)) < 0 ||
+        (rc = dbm_catalog_db_add(l->cat, l->env, b->name, id, now, &b->cat_id)) < 0) {
         dbm_tl_close(b->tl);
         b->tl = NULL;
         dbm_tl_drop(l->store, id);
@@ -125,6 +126,7 @@ void dbm_cap_forget_history(struct base *b, uint64_t now_ns)
     b->last_counter = 0;
     dirty_clear(b);
     b->wal_ok = 0;
+    dbm_dur_forget(b);
 }
 
 void dbm_cap_free(struct base *b)
@@ -135,6 +137,10 @@ void dbm_cap_free(struct base *b)
     free(b->dirty);
     if (b->cursor_fd >= 0)
         close(b->cursor_fd);
+    if (b->sh_fd >= 0)
+        close(b->sh_fd);
+    if (b->mark_fd >= 0)
+        close(b->mark_fd);
 }
 
 /* The database size in pages a commit leaves: the in-header size when it is
@@ -147,7 +153,8 @@ static uint32_t committed_pages(const struct dbm_dbhdr *h, uint64_t fsz)
     return (uint32_t)(fsz / h->page_size);
 }
 
-/* Reads page 1's header from the database file. -ENODATA if it is empty. */
+/* Reads page 1's header from the database file (as the open transaction
+ * sees it). -ENODATA if it is empty. */
 static int read_dbhdr(struct base *b, struct dbm_dbhdr *h, uint64_t *size)
 {
     uint8_t buf[100];
@@ -157,10 +164,10 @@ static int read_dbhdr(struct base *b, struct dbm_dbhdr *h, uint64_t *size)
         return rc;
     if (fstat(b->db->fd, &st) < 0)
         return -errno;
-    *size = (uint64_t)st.st_size;
-    if (st.st_size < 100)
+    *size = dbm_dur_active(b) ? dbm_dur_size(b) : (uint64_t)st.st_size;
+    if (*size < 100)
         return -ENODATA;
-    ssize_t n = dbm_pread_all(b->db->fd, buf, sizeof buf, 0);
+    ssize_t n = dbm_dur_pread(b, buf, sizeof buf, 0);
     if (n < (ssize_t)sizeof buf)
         return n < 0 ? (int)n : -EIO;
     return dbm_dbhdr_parse(buf, sizeof buf, h);
@@ -332,21 +339,18 @@ static int same_as_recorded(struct base *b, uint64_t last_txid, uint32_t pgno, c
 }
 
 /* Records the transaction whose pages are in the dirty set, reading them
- * back from the database file a batch at a time. whole: record every dirty
- * page even if the history already holds it (a resync). */
+ * back (from the shadow or the database file) a batch at a time. whole:
+ * record every dirty page even if the history already holds it (a resync).
+ * The caller clears the dirty set. */
 static int rb_commit(struct base *b, int whole)
 {
-    if (!b->db || b->ndirty == 0) {
-        dirty_clear(b);
+    if (!b->db || b->ndirty == 0)
         return 0;
-    }
     struct dbm_dbhdr h;
     uint64_t fsz;
     int rc = read_dbhdr(b, &h, &fsz);
-    if (rc == -ENODATA) {
-        dirty_clear(b);
+    if (rc == -ENODATA)
         return 0;
-    }
     if (rc < 0) {
         dbm_err("%s/%s: page 1 is not a SQLite header at commit: refusing to record garbage", b->l->env, b->name);
         return -EIO;
@@ -370,7 +374,7 @@ static int rb_commit(struct base *b, int whole)
     for (size_t i = 0; i < b->ndirty && b->dirty[i] <= db_pages; i++) {
         uint32_t pgno = b->dirty[i];
         uint8_t *slot = batch_slot(&bt);
-        ssize_t r = dbm_pread_all(b->db->fd, slot, ps, (off_t)(pgno - 1) * ps);
+        ssize_t r = dbm_dur_pread(b, slot, ps, (off_t)(pgno - 1) * ps);
         if (r != (ssize_t)ps) {
             rc = r < 0 ? (int)r : -EIO;
             goto out;
@@ -389,11 +393,9 @@ static int rb_commit(struct base *b, int whole)
     }
     if (filter && bt.added + bt.n == 0 && db_pages == b->db_pages) {
         rc = 0; /* nothing changed: not a transaction */
-        dirty_clear(b);
         goto out;
     }
-    if ((rc = batch_commit(&bt, db_pages, have1 ? page1 : NULL)) == 0)
-        dirty_clear(b);
+    rc = batch_commit(&bt, db_pages, have1 ? page1 : NULL);
 out:
     batch_end(&bt);
 out_nobatch:
@@ -403,9 +405,15 @@ out_nobatch:
 
 int dbm_cap_journal_commit(struct base *b, enum jmode how)
 {
-    int rc = rb_commit(b, 0);
+    int rc = dbm_dur_prepare_commit(b);
+    if (rc == 0)
+        rc = rb_commit(b, 0);
+    if (rc == 0)
+        rc = dbm_dur_apply(b); /* recorded: now the file may have it */
     if (rc < 0)
         return rc;
+    dirty_clear(b);
+    dbm_dur_end_txn(b);
     b->journal_active = 0;
     b->mode = how;
     return 0;
@@ -731,10 +739,38 @@ static int resync(struct base *b, uint64_t fsz, uint32_t ps)
         if (rc < 0)
             return rc;
     }
-    return rb_commit(b, 1);
+    int rc = rb_commit(b, 1);
+    dirty_clear(b);
+    return rc;
 }
 
+static int recover_capture(struct base *b);
+
 int dbm_cap_recover(struct base *b)
+{
+    int rc = recover_capture(b);
+    if (rc == 0 && b->tl)
+        rc = dbm_dur_recover_legacy_done(b);
+    return rc;
+}
+
+/* A journal beside a file the store repaired: its transaction either never
+ * reached the file or is recorded, so nothing may roll the file back. */
+static int drop_journal(struct base *b)
+{
+    if (!b->journal)
+        return 0;
+    if (unlinkat(b->l->dirfd, b->journal->name, 0) < 0)
+        return -errno;
+    fsync(b->l->dirfd);
+    dbm_notice("%s/%s: removed the journal a crash left (the file is repaired from the history)", b->l->env,
+               b->name);
+    b->journal->unlinked = 1;
+    b->journal = NULL;
+    return 0;
+}
+
+static int recover_capture(struct base *b)
 {
     struct dbm_livedb *l = b->l;
     if (!b->db)
@@ -758,6 +794,9 @@ int dbm_cap_recover(struct base *b)
         if (ts.last_txid && dbm_tl_read_page(b->tl, ts.last_txid, 1, p1) == 0)
             b->last_counter = be32(p1 + 24);
         free(p1);
+        int repaired = 0;
+        if ((rc = dbm_dur_recover(b, &repaired)) < 0 || (repaired && (rc = drop_journal(b)) < 0))
+            return rc;
     } else if (rc != -ENOENT) {
         return rc;
     }

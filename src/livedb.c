@@ -16,6 +16,7 @@
 #include "log.h"
 #include "pagestore.h"
 #include "strutil.h"
+#include "sysio.h"
 #include "timefmt.h"
 
 #define ALLOWED_NAMES \
@@ -34,6 +35,8 @@ static struct base *base_get(struct dbm_livedb *l, const char *name)
     dbm_strlcpy(b->name, name, sizeof b->name);
     b->l = l;
     b->cursor_fd = -1;
+    b->sh_fd = -1;
+    b->mark_fd = -1;
     pthread_mutex_init(&b->mu, NULL);
     l->bases[l->nbases++] = b;
     return b;
@@ -135,7 +138,10 @@ int dbm_livedb_open(const struct dbm_livedb_params *p, struct dbm_livedb **out)
     if (!l)
         return -ENOMEM;
     pthread_mutex_init(&l->mu, NULL);
+    pthread_mutex_init(&l->sync_mu, NULL);
+    pthread_cond_init(&l->sync_cv, NULL);
     l->dirfd = -1;
+    l->capdir_fd = -1;
     l->store = p->store;
     l->cat = p->cat;
     l->fmode = 0644;
@@ -151,8 +157,9 @@ int dbm_livedb_open(const struct dbm_livedb_params *p, struct dbm_livedb **out)
         rc = -errno;
         goto fail;
     }
+    l->capdir_fd = open(l->capdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     l->dirfd = open(l->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (l->dirfd < 0) {
+    if (l->dirfd < 0 || l->capdir_fd < 0) {
         rc = -errno;
         goto fail;
     }
@@ -186,6 +193,7 @@ void dbm_livedb_close(struct dbm_livedb *l)
 {
     if (!l)
         return;
+    dbm_dur_stop(l);
     for (size_t i = 0; i < l->nfiles; i++)
         file_free(l->files[i]);
     for (size_t i = 0; i < l->nbases; i++) {
@@ -197,6 +205,10 @@ void dbm_livedb_close(struct dbm_livedb *l)
     free(l->bases);
     if (l->dirfd >= 0)
         close(l->dirfd);
+    if (l->capdir_fd >= 0)
+        close(l->capdir_fd);
+    pthread_mutex_destroy(&l->sync_mu);
+    pthread_cond_destroy(&l->sync_cv);
     free(l->dir);
     free(l->capdir);
     pthread_mutex_destroy(&l->mu);
@@ -242,6 +254,9 @@ static int file_stat(struct dbm_livedb *l, struct dbfile *f, struct stat *st)
     int rc = backing_stat(l, f, st);
     if (rc < 0)
         return rc;
+    /* a transaction's pages wait in the shadow: the size it sees */
+    if (f->base && f->base->db == f && dbm_dur_active(f->base))
+        st->st_size = (off_t)dbm_dur_size(f->base);
     st->st_mode = S_IFREG | l->fmode;
     st->st_uid = l->uid;
     st->st_gid = l->gid;
@@ -364,6 +379,8 @@ int dbm_livedb_create(struct dbm_livedb *l, const char *name, int flags, uint64_
             goto out;
         }
         f->fd = fd;
+        if (f->kind != DBM_SQLFILE_JOURNAL) /* a journal's entry never needs to be durable (durable.c) */
+            __atomic_store_n(&l->dir_dirty, 1, __ATOMIC_RELEASE);
     } else if ((rc = dbm_cap_ensure_fd(l, f)) < 0) {
         goto out;
     }
@@ -434,6 +451,8 @@ int dbm_livedb_unlink(struct dbm_livedb *l, const char *name)
         rc = -errno;
         goto out;
     }
+    if (f->kind != DBM_SQLFILE_JOURNAL)
+        __atomic_store_n(&l->dir_dirty, 1, __ATOMIC_RELEASE);
     if (f->kind == DBM_SQLFILE_WAL)
         dbm_cap_wal_reset(b);
     if (f->kind == DBM_SQLFILE_DB) {
@@ -464,6 +483,10 @@ int dbm_livedb_truncate(struct dbm_livedb *l, uint64_t id, uint64_t size, struct
     pthread_mutex_lock(&b->mu);
     if (f->kind == DBM_SQLFILE_JOURNAL && size == 0 && (rc = dbm_cap_journal_commit(b, JM_TRUNCATE)) < 0)
         goto out;
+    if (f->kind == DBM_SQLFILE_DB && b->db == f && dbm_dur_active(b)) {
+        dbm_dur_truncate(b, size); /* applied with the commit */
+        goto out;
+    }
     if (ftruncate(f->fd, (off_t)size) < 0) {
         rc = -errno;
         goto out;
@@ -501,13 +524,21 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
     if (f->kind == DBM_SQLFILE_DB) {
         uint64_t max = __atomic_load_n(&b->l->max_db_bytes, __ATOMIC_RELAXED);
         struct stat st;
-        if (max && (uint64_t)off + size > max && fstat(f->fd, &st) == 0 && (uint64_t)off + size > (uint64_t)st.st_size) {
+        if (max && (uint64_t)off + size > max && fstat(f->fd, &st) == 0 &&
+            (uint64_t)off + size > (dbm_dur_active(b) ? dbm_dur_size(b) : (uint64_t)st.st_size)) {
             dbm_notice("%s/%s: write refused: the database would grow past max_db_size (%llu bytes)", b->l->env,
                        b->name, (unsigned long long)max);
             ret = -ENOSPC;
             goto out;
         }
         rc = dbm_cap_db_check_write(b, off, size);
+        if (rc == 0 && (rc = dbm_dur_write(b, buf, size, off)) == 1) {
+            ret = (ssize_t)size; /* in the shadow until the commit */
+            rc = dbm_cap_db_written(b, buf, size, off);
+            if (rc < 0)
+                ret = rc;
+            goto out;
+        }
     }
     else if (f->kind == DBM_SQLFILE_JOURNAL && off == 0 && size >= 28 && !memcmp(buf, (char[28]){ 0 }, 28))
         rc = dbm_cap_journal_commit(b, JM_PERSIST); /* PERSIST mode's commit: the header is zeroed */
@@ -535,21 +566,59 @@ out:
 
 int dbm_livedb_fsync(struct dbm_dbhandle *h, int datasync)
 {
-    int rc = datasync ? fdatasync(h->f->fd) : fsync(h->f->fd);
+    struct dbfile *f = h->f;
+    if (f->kind == DBM_SQLFILE_DB || f->kind == DBM_SQLFILE_JOURNAL) {
+        struct base *b = f->base;
+        int real = 1;
+        pthread_mutex_lock(&b->mu);
+        int rc = dbm_dur_fsync(b, f, &real);
+        pthread_mutex_unlock(&b->mu);
+        if (rc < 0 || !real)
+            return rc; /* the store's append made the commit durable */
+    }
+    int rc = datasync ? fdatasync(f->fd) : fsync(f->fd);
     return rc < 0 ? -errno : 0;
 }
 
 int dbm_livedb_fsyncdir(struct dbm_livedb *l)
 {
-    return fsync(l->dirfd) < 0 ? -errno : 0;
+    /* only journals came and went since the last one: nothing needs it */
+    if (!__atomic_exchange_n(&l->dir_dirty, 0, __ATOMIC_ACQ_REL))
+        return 0;
+    if (fsync(l->dirfd) < 0) {
+        __atomic_store_n(&l->dir_dirty, 1, __ATOMIC_RELEASE);
+        return -errno;
+    }
+    return 0;
 }
 
 int dbm_livedb_fallocate(struct dbm_dbhandle *h, int mode, off_t off, off_t len)
 {
     if (mode != 0)
         return -EOPNOTSUPP; /* punching holes would change data behind the capture */
-    int rc = posix_fallocate(h->f->fd, off, len);
-    return -rc;
+    struct base *b = h->f->base;
+    pthread_mutex_lock(&b->mu);
+    int rc = -posix_fallocate(h->f->fd, off, len);
+    if (rc == 0 && h->f->kind == DBM_SQLFILE_DB && b->db == h->f)
+        dbm_dur_extend(b, (uint64_t)off + (uint64_t)len);
+    pthread_mutex_unlock(&b->mu);
+    return rc;
+}
+
+int dbm_livedb_shadowed(struct dbm_dbhandle *h)
+{
+    struct dbfile *f = h->f;
+    return f->kind == DBM_SQLFILE_DB && f->base && dbm_dur_active(f->base);
+}
+
+ssize_t dbm_livedb_read(struct dbm_dbhandle *h, void *buf, size_t size, off_t off)
+{
+    struct dbfile *f = h->f;
+    struct base *b = f->base;
+    pthread_mutex_lock(&b->mu);
+    ssize_t n = b->db == f ? dbm_dur_pread(b, buf, size, off) : dbm_pread_all(f->fd, buf, size, off);
+    pthread_mutex_unlock(&b->mu);
+    return n;
 }
 
 int dbm_livedb_flush(struct dbm_dbhandle *h, uint64_t lock_owner)

@@ -59,8 +59,13 @@ int dbm_livedb_open_file(struct dbm_livedb *l, uint64_t id, int flags, struct db
 /* The backing descriptor, for zero-copy reads (fsops splices from it). */
 int dbm_livedb_handle_fd(struct dbm_dbhandle *h);
 ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, off_t off);
+/* Whether reads must come through dbm_livedb_read (a transaction's pages
+ * wait in a shadow) rather than from the backing descriptor. */
+int dbm_livedb_shadowed(struct dbm_dbhandle *h);
+ssize_t dbm_livedb_read(struct dbm_dbhandle *h, void *buf, size_t size, off_t off);
 int dbm_livedb_fsync(struct dbm_dbhandle *h, int datasync);
-/* fsyncdir on db/: makes creations and removals durable. */
+/* fsyncdir on db/: makes creations and removals of databases, WALs and
+ * super-journals durable (journals need not be: see durable.c). */
 int dbm_livedb_fsyncdir(struct dbm_livedb *l);
 int dbm_livedb_fallocate(struct dbm_dbhandle *h, int mode, off_t off, off_t len);
 /* close() of one descriptor: drops the POSIX locks of lock_owner. */

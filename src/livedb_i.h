@@ -15,6 +15,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "catalog.h"
 #include "livedb.h"
@@ -64,6 +65,13 @@ struct base {
     struct dbm_walck ck;      /* checksum after frame next_frame - 1 */
     uint64_t next_frame;      /* first frame not yet captured */
     int cursor_fd;            /* capture/<name>.walpos, rewritten after each capture */
+    /* deferred durability (durable.c) */
+    int sh_fd;                /* capture/<name>.shadow, -1 until first used */
+    int sh_active;            /* the open transaction's pages are in the shadow (atomic: readers peek) */
+    uint64_t sh_size;         /* the database's size as that transaction sees it (atomic) */
+    int legacy;               /* this transaction writes through, every sync honoured */
+    int mark_fd;              /* capture/<name>.synced, -1 until first used */
+    uint64_t synced_txid;     /* the database file is durable up to this txid */
     /* reports */
     enum jmode mode;
     uint64_t captured;        /* commits recorded by this daemon run */
@@ -74,8 +82,16 @@ struct base {
 struct dbm_livedb {
     char env[64];
     char *dir;                /* backing directory */
-    char *capdir;             /* capture cursors */
+    char *capdir;             /* capture cursors, shadows, sync markers */
+    int capdir_fd;
     int dirfd;
+    int dir_dirty;            /* (atomic) db/ gained or lost a name fsyncdir must make durable */
+    /* the background sync (durable.c) */
+    pthread_mutex_t sync_mu;
+    pthread_cond_t sync_cv;
+    pthread_t syncer;
+    int have_syncer, sync_stop;
+    unsigned sync_ms;
     struct dbm_store *store;
     struct dbm_catalog *cat;
     pthread_mutex_t mu;
@@ -108,5 +124,33 @@ int dbm_cap_recover(struct base *b);
 void dbm_cap_forget_history(struct base *b, uint64_t now_ns); /* database removed */
 void dbm_cap_free(struct base *b);
 int dbm_cap_ensure_fd(struct dbm_livedb *l, struct dbfile *f);
+
+/* durable.c: one durable write per commit in rollback modes (see there).
+ * Called with b->mu held, except start/stop. */
+/* 1: the write went to the shadow; 0: write it through; -errno. */
+int dbm_dur_write(struct base *b, const void *buf, size_t size, off_t off);
+int dbm_dur_active(const struct base *b);      /* lock-free peek */
+uint64_t dbm_dur_size(const struct base *b);   /* lock-free peek: the size while active */
+/* Reads the database as the open transaction sees it (short at its end). */
+ssize_t dbm_dur_pread(struct base *b, void *buf, size_t n, off_t off);
+void dbm_dur_truncate(struct base *b, uint64_t size); /* while active */
+void dbm_dur_extend(struct base *b, uint64_t size);   /* fallocate: a no-op unless active */
+/* Around the store append at a commit point: reserve space, then copy the
+ * shadow into the file (no sync). */
+int dbm_dur_prepare_commit(struct base *b);
+int dbm_dur_apply(struct base *b);
+void dbm_dur_end_txn(struct base *b);
+void dbm_dur_discard(struct base *b);              /* the database was removed */
+int dbm_dur_go_legacy(struct base *b);
+/* Whether an fsync of f must really sync (*real); may switch to legacy. */
+int dbm_dur_fsync(struct base *b, struct dbfile *f, int *real);
+int dbm_dur_timeline_new(struct base *b, uint64_t tl_id);
+void dbm_dur_forget(struct base *b);
+/* Start-up, timeline attached: repairs the file from the store if this
+ * protocol wrote it (*done: then a leftover journal must go). */
+int dbm_dur_recover(struct base *b, int *done);
+/* Start-up of a database SQLite's own protocol wrote: start the marker. */
+int dbm_dur_recover_legacy_done(struct base *b);
+void dbm_dur_stop(struct dbm_livedb *l);          /* and syncs everything */
 
 #endif

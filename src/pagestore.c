@@ -1086,6 +1086,18 @@ int dbm_tl_stat(struct dbm_timeline *t, struct dbm_tl_stat *out)
     return 0;
 }
 
+int dbm_tl_pages_after(struct dbm_timeline *t, uint64_t txid, int (*cb)(uint32_t pgno, void *arg), void *arg)
+{
+    pthread_rwlock_rdlock(&t->rw);
+    int rc = 0;
+    if (txid < t->last_txid && (t->first_txid == 0 || txid + 1 < t->first_txid))
+        rc = -ERANGE; /* retention dropped some of them: the list would be short */
+    for (size_t i = t->nseg; rc == 0 && i > 0 && t->segs[i - 1]->last_txid > txid; i--)
+        rc = dbm_pgs_seg_pages_after(t->segs[i - 1], txid, cb, arg);
+    pthread_rwlock_unlock(&t->rw);
+    return rc;
+}
+
 /* ---- images ---- */
 
 struct img_batch {

@@ -132,6 +132,13 @@ int dbm_tl_txid_at(struct dbm_timeline *t, uint64_t time_ns, struct dbm_txinfo *
 /* The transaction txid itself. -ENOENT if not kept. */
 int dbm_tl_txinfo(struct dbm_timeline *t, uint64_t txid, struct dbm_txinfo *out);
 
+/* Calls cb(pgno) for each page some transaction after txid wrote (a page
+ * may come more than once), in this timeline only (not its parent).
+ * -ERANGE if retention dropped some of those transactions; otherwise 0, or
+ * cb's first non-zero return. Lets a crashed database be repaired from the
+ * history without a full scan. */
+int dbm_tl_pages_after(struct dbm_timeline *t, uint64_t txid, int (*cb)(uint32_t pgno, void *arg), void *arg);
+
 struct dbm_tl_stat {
     uint64_t id, parent_id, branch_txid;
     uint32_t page_size;

@@ -217,6 +217,10 @@ int dbm_pgs_seg_txn_at(struct pgs_seg *g, uint64_t ns, struct pgs_txn *out);
  * 0 if not, -errno. */
 int dbm_pgs_seg_pages_cover(struct pgs_seg *g, uint64_t lo_excl, uint64_t hi_incl, uint32_t pgno);
 
+/* Calls cb(pgno) for every page version with txid > lo_excl (a page may come
+ * more than once); stops at cb's first non-zero return, which it returns. */
+int dbm_pgs_seg_pages_after(struct pgs_seg *g, uint64_t lo_excl, int (*cb)(uint32_t pgno, void *arg), void *arg);
+
 int dbm_pgs_fsync_dir(int dirfd);
 
 /* ---- the store and its timelines (pagestore.c; pgtxn.c appends through them) ---- */

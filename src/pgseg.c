@@ -1132,6 +1132,25 @@ int dbm_pgs_seg_txn_at(struct pgs_seg *g, uint64_t ns, struct pgs_txn *out)
     return 1;
 }
 
+int dbm_pgs_seg_pages_after(struct pgs_seg *g, uint64_t lo_excl, int (*cb)(uint32_t pgno, void *arg), void *arg)
+{
+    if (g->last_txid <= lo_excl)
+        return 0;
+    int rc = seg_ready(g);
+    if (rc)
+        return rc;
+    if (!g->sealed) {
+        for (size_t i = 0; i < g->nment; i++)
+            if (g->ments[i].e.txid > lo_excl && (rc = cb(g->ments[i].e.pgno, arg)) != 0)
+                return rc;
+        return 0;
+    }
+    for (uint64_t i = 0; i < g->nent; i++)
+        if (g->ents[i].txid > lo_excl && (rc = cb(g->ents[i].pgno, arg)) != 0)
+            return rc;
+    return 0;
+}
+
 int dbm_pgs_seg_pages_cover(struct pgs_seg *g, uint64_t lo_excl, uint64_t hi_incl, uint32_t pgno)
 {
     if (g->min_pages >= pgno || hi_incl < g->first_txid || lo_excl >= g->last_txid)

@@ -1,0 +1,598 @@
+/* durable.c - one durable write per commit in the rollback-journal modes.
+ *
+ * SQLite makes a commit durable with four syncs (the journal twice, the
+ * directory, the database). The page store's append already makes every
+ * committed page durable, so the daemon keeps the database file to
+ * committed states only and lets the store stand in for the rest:
+ *
+ * - Pages SQLite writes to the database while its journal is hot go to a
+ *   shadow file (capture/<db>.shadow, same offsets), not to the database.
+ *   Reads and the size the kernel sees overlay it.
+ * - At the commit point (the journal deleted, truncated or zeroed) capture
+ *   records the pages from the shadow with one fdatasync of the store, then
+ *   they are copied into the database file, without a sync.
+ * - So the database file never holds an uncommitted page, and a journal is
+ *   never needed to roll it back: fsync of the journal and of the database,
+ *   and fsyncdir for a journal's creation, return at once.
+ * - A background thread fdatasyncs each database file every sync interval
+ *   and then writes the txid it covers to capture/<db>.synced.
+ * - At start-up, the pages that transactions after that txid wrote are
+ *   rewritten from the store (dbm_tl_pages_after: no full scan), and a
+ *   journal left behind is removed: nothing rolls back a committed state.
+ *
+ * A transaction falls back to SQLite's own protocol ("legacy": written
+ * through, every sync honoured) when its journal names a super-journal
+ * (ATTACHed databases commit atomically only through the journals), or a
+ * write is not whole pages. WAL mode keeps SQLite's protocol throughout: its
+ * checkpoints and WAL restarts rely on the syncs.
+ *
+ * All dbm_dur_* functions except the thread's run with b->mu held. */
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "crc32c.h"
+#include "livedb_i.h"
+#include "log.h"
+#include "pagestore.h"
+#include "sqlproto.h"
+#include "strutil.h"
+#include "sysio.h"
+
+#define MARK_MAGIC 0x434e5953u /* "SYNC" */
+#define SHADOW_TRIM (64ull << 20) /* a shadow left bigger than this is truncated after its commit */
+#define COPY_BYTES (1u << 20)
+
+struct mark {
+    uint32_t magic, pad;
+    uint64_t tl_id, txid;
+    uint32_t pad2, crc;
+};
+
+static void cap_path(const struct base *b, const char *ext, char *out, size_t n)
+{
+    snprintf(out, n, "%s/%s.%s", b->l->capdir, b->name, ext);
+}
+
+/* ---- the synced marker ---- */
+
+/* 1 loaded, 0 no marker file, -EINVAL unreadable, -errno. */
+static int mark_load(struct base *b, struct mark *m)
+{
+    char path[4096];
+    cap_path(b, "synced", path, sizeof path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -errno;
+    ssize_t n = pread(fd, m, sizeof *m, 0);
+    close(fd);
+    if (n != sizeof *m || m->magic != MARK_MAGIC || m->crc != dbm_crc32c(0, m, offsetof(struct mark, crc)))
+        return -EINVAL;
+    return 1;
+}
+
+/* Writes the marker. Written only after the database file was made durable
+ * up to txid, so whichever version of it survives a crash is true; durable:
+ * also fsync it (a new timeline's first marker must not be missed). */
+static int mark_save(struct base *b, uint64_t tl_id, uint64_t txid, int durable)
+{
+    if (b->mark_fd < 0) {
+        char path[4096];
+        cap_path(b, "synced", path, sizeof path);
+        b->mark_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+        if (b->mark_fd < 0)
+            return -errno;
+    }
+    struct mark m = { .magic = MARK_MAGIC, .tl_id = tl_id, .txid = txid };
+    m.crc = dbm_crc32c(0, &m, offsetof(struct mark, crc));
+    if (dbm_pwrite_all(b->mark_fd, &m, sizeof m, 0) < 0)
+        return -errno;
+    if (durable && fsync(b->mark_fd) < 0)
+        return -errno;
+    b->synced_txid = txid;
+    return 0;
+}
+
+static uint64_t tl_id_of(struct base *b, uint64_t *last)
+{
+    struct dbm_tl_stat ts;
+    if (!b->tl || dbm_tl_stat(b->tl, &ts) < 0)
+        return 0;
+    if (last)
+        *last = ts.last_txid;
+    return ts.id;
+}
+
+int dbm_dur_timeline_new(struct base *b, uint64_t tl_id)
+{
+    int rc = mark_save(b, tl_id, 0, 1);
+    if (rc == 0 && fsync(b->l->capdir_fd) < 0)
+        rc = -errno;
+    if (rc < 0)
+        dbm_err("%s/%s: cannot write its sync marker: %s", b->l->env, b->name, strerror(-rc));
+    return rc;
+}
+
+void dbm_dur_forget(struct base *b)
+{
+    dbm_dur_discard(b);
+    if (b->mark_fd >= 0)
+        close(b->mark_fd);
+    b->mark_fd = -1;
+    b->synced_txid = 0;
+    char path[4096];
+    cap_path(b, "synced", path, sizeof path);
+    unlink(path);
+}
+
+/* Makes the database file durable and records how far (b->mu held: the
+ * file holds exactly the last recorded txid). */
+static int sync_now(struct base *b)
+{
+    uint64_t last = 0, id = tl_id_of(b, &last);
+    if (!id || !b->db || b->db->fd < 0 || last <= b->synced_txid)
+        return 0;
+    if (fdatasync(b->db->fd) < 0)
+        return -errno;
+    return mark_save(b, id, last, 0);
+}
+
+static void syncer_ensure(struct dbm_livedb *l);
+
+/* ---- the shadow ---- */
+
+static int shadow_fd(struct base *b)
+{
+    if (b->sh_fd >= 0)
+        return 0;
+    char path[4096];
+    cap_path(b, "shadow", path, sizeof path);
+    b->sh_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    return b->sh_fd < 0 ? -errno : 0;
+}
+
+static int dirty(const struct base *b, uint32_t pgno)
+{
+    return pgno / 8 < b->dirty_bits_len && (b->dirty_bits[pgno / 8] & (1u << (pgno % 8)));
+}
+
+int dbm_dur_active(const struct base *b) { return __atomic_load_n(&b->sh_active, __ATOMIC_ACQUIRE); }
+
+uint64_t dbm_dur_size(const struct base *b) { return __atomic_load_n(&b->sh_size, __ATOMIC_RELAXED); }
+
+ssize_t dbm_dur_pread(struct base *b, void *buf, size_t n, off_t off)
+{
+    if (!b->db || dbm_cap_ensure_fd(b->l, b->db) < 0)
+        return -EIO;
+    if (!b->sh_active)
+        return dbm_pread_all(b->db->fd, buf, n, off);
+    uint64_t end = (uint64_t)off + n;
+    if (end > b->sh_size)
+        end = b->sh_size > (uint64_t)off ? b->sh_size : (uint64_t)off;
+    uint32_t ps = b->hdr_ps;
+    size_t done = 0;
+    while ((uint64_t)off + done < end) {
+        uint64_t pos = (uint64_t)off + done;
+        uint64_t page_end = (pos / ps + 1) * ps;
+        size_t len = (size_t)((page_end < end ? page_end : end) - pos);
+        int fd = dirty(b, (uint32_t)(pos / ps) + 1) ? b->sh_fd : b->db->fd;
+        ssize_t r = dbm_pread_all(fd, (char *)buf + done, len, (off_t)pos);
+        if (r < 0)
+            return r;
+        if ((size_t)r < len) /* a hole below the size: zeros, as the file would read */
+            memset((char *)buf + done + r, 0, len - (size_t)r);
+        done += len;
+    }
+    return (ssize_t)done;
+}
+
+int dbm_dur_write(struct base *b, const void *buf, size_t size, off_t off)
+{
+    if (!b->journal_active || b->legacy || size == 0)
+        return 0;
+    uint32_t ps = b->hdr_ps;
+    struct dbm_dbhdr h;
+    if (off == 0 && size >= 100 && dbm_dbhdr_parse(buf, size, &h) == 0)
+        ps = h.page_size;
+    if (!ps || (uint64_t)off % ps || size % ps) {
+        /* not whole pages (or a page size not known yet): SQLite's own protocol */
+        int rc = dbm_dur_go_legacy(b);
+        return rc < 0 ? rc : 0;
+    }
+    if (!b->sh_active) {
+        struct stat st;
+        int rc = shadow_fd(b);
+        if (rc < 0)
+            return rc;
+        if (fstat(b->db->fd, &st) < 0)
+            return -errno;
+        b->hdr_ps = ps;
+        __atomic_store_n(&b->sh_size, (uint64_t)st.st_size, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->sh_active, 1, __ATOMIC_RELEASE);
+    } else if (ps != b->hdr_ps) {
+        int rc = dbm_dur_go_legacy(b); /* VACUUM into a new page size: not worth a shadow */
+        return rc < 0 ? rc : 0;
+    }
+    if (dbm_pwrite_all(b->sh_fd, buf, size, off) < 0)
+        return -errno;
+    if ((uint64_t)off + size > b->sh_size)
+        __atomic_store_n(&b->sh_size, (uint64_t)off + size, __ATOMIC_RELAXED);
+    return 1;
+}
+
+void dbm_dur_truncate(struct base *b, uint64_t size)
+{
+    __atomic_store_n(&b->sh_size, size, __ATOMIC_RELAXED);
+}
+
+void dbm_dur_extend(struct base *b, uint64_t size)
+{
+    if (b->sh_active && size > b->sh_size)
+        __atomic_store_n(&b->sh_size, size, __ATOMIC_RELAXED);
+}
+
+/* Copies the shadow's pages into the database file and sets its size. */
+static int shadow_copy(struct base *b)
+{
+    uint32_t ps = b->hdr_ps;
+    uint8_t *page = malloc(ps);
+    if (!page)
+        return -ENOMEM;
+    int rc = 0;
+    for (size_t i = 0; i < b->ndirty && rc == 0; i++) {
+        uint64_t off = (uint64_t)(b->dirty[i] - 1) * ps;
+        if (off >= b->sh_size)
+            continue;
+        ssize_t r = dbm_pread_all(b->sh_fd, page, ps, (off_t)off);
+        if (r != (ssize_t)ps)
+            rc = r < 0 ? (int)r : -EIO;
+        else if (dbm_pwrite_all(b->db->fd, page, ps, (off_t)off) < 0)
+            rc = -errno;
+    }
+    free(page);
+    struct stat st;
+    if (rc == 0 && fstat(b->db->fd, &st) == 0 && (uint64_t)st.st_size != b->sh_size &&
+        ftruncate(b->db->fd, (off_t)b->sh_size) < 0)
+        rc = -errno;
+    return rc;
+}
+
+int dbm_dur_prepare_commit(struct base *b)
+{
+    if (!b->sh_active)
+        return 0;
+    /* reserve the blocks the copy will need before anything is recorded, so
+     * that a full disk refuses the commit instead of failing it half-applied */
+    struct stat st;
+    if (fstat(b->db->fd, &st) < 0)
+        return -errno;
+    if (b->sh_size > (uint64_t)st.st_size &&
+        fallocate(b->db->fd, FALLOC_FL_KEEP_SIZE, st.st_size, (off_t)(b->sh_size - (uint64_t)st.st_size)) < 0 &&
+        errno != EOPNOTSUPP)
+        return -errno;
+    return 0;
+}
+
+int dbm_dur_apply(struct base *b)
+{
+    if (!b->sh_active)
+        return 0;
+    int rc = shadow_copy(b);
+    if (rc < 0) {
+        /* recorded in the store, not in the file: the next start repairs it */
+        dbm_err("%s/%s: a recorded commit could not be copied into the database file (%s); the store has it, and "
+                "the next start rewrites it",
+                b->l->env, b->name, strerror(-rc));
+        return rc;
+    }
+    __atomic_store_n(&b->sh_active, 0, __ATOMIC_RELEASE);
+    syncer_ensure(b->l);
+    if (b->sh_size > SHADOW_TRIM && ftruncate(b->sh_fd, 0) < 0)
+        dbm_warn("%s/%s: cannot trim its shadow file: %s", b->l->env, b->name, strerror(errno));
+    if (b->wal_mode) {
+        /* the switch to WAL: from now on SQLite's syncs are honoured, so the
+         * file must be durable as it stands */
+        rc = sync_now(b);
+        if (rc < 0)
+            dbm_err("%s/%s: cannot sync the database on its switch to WAL: %s", b->l->env, b->name, strerror(-rc));
+    }
+    return rc;
+}
+
+void dbm_dur_discard(struct base *b)
+{
+    __atomic_store_n(&b->sh_active, 0, __ATOMIC_RELEASE);
+    b->legacy = 0;
+}
+
+void dbm_dur_end_txn(struct base *b) { b->legacy = 0; }
+
+int dbm_dur_go_legacy(struct base *b)
+{
+    if (b->legacy)
+        return 0;
+    /* SQLite's order: the journal and its directory entry durable before
+     * the database changes */
+    if (b->journal && b->journal->fd >= 0 && fdatasync(b->journal->fd) < 0)
+        return -errno;
+    if (fsync(b->l->dirfd) < 0)
+        return -errno;
+    if (b->sh_active) {
+        int rc = shadow_copy(b);
+        if (rc < 0)
+            return rc;
+        __atomic_store_n(&b->sh_active, 0, __ATOMIC_RELEASE);
+    }
+    b->legacy = 1;
+    return 0;
+}
+
+/* 1 if the journal ends with a super-journal record (its last 8 bytes are
+ * the journal magic after a name length and checksum). */
+static int names_super(struct base *b)
+{
+    static const uint8_t jmagic[8] = { 0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7 };
+    struct stat st;
+    uint8_t tail[16];
+    int fd = b->journal ? b->journal->fd : -1;
+    if (fd < 0 || fstat(fd, &st) < 0 || st.st_size < 16 + 4 ||
+        dbm_pread_all(fd, tail, sizeof tail, st.st_size - 16) != sizeof tail)
+        return 0;
+    uint32_t len = (uint32_t)tail[0] << 24 | (uint32_t)tail[1] << 16 | (uint32_t)tail[2] << 8 | tail[3];
+    return memcmp(tail + 8, jmagic, 8) == 0 && len > 0 && len < 4096 && (uint64_t)st.st_size >= 20 + len;
+}
+
+int dbm_dur_fsync(struct base *b, struct dbfile *f, int *real)
+{
+    *real = 1;
+    if (f->unlinked)
+        return 0;
+    if (f->kind == DBM_SQLFILE_JOURNAL && b->journal == f) {
+        if (b->legacy)
+            return 0;
+        if (names_super(b))
+            return dbm_dur_go_legacy(b); /* and the caller syncs the journal */
+        *real = 0;
+    } else if (f->kind == DBM_SQLFILE_DB && b->db == f) {
+        *real = b->legacy || b->wal_mode;
+    }
+    return 0;
+}
+
+/* ---- start-up ---- */
+
+struct pageset {
+    uint8_t *bits;
+    size_t len;
+    uint32_t max;
+};
+
+static int pageset_add(uint32_t pgno, void *arg)
+{
+    struct pageset *s = arg;
+    if (pgno == 0 || pgno > s->max)
+        return 0;
+    s->bits[pgno / 8] |= (uint8_t)(1u << (pgno % 8));
+    return 0;
+}
+
+/* Rewrites from the store every page written after txid from (all pages if
+ * from is UINT64_MAX), so the file holds exactly the last recorded state. */
+static int repair(struct base *b, uint64_t from, uint64_t last, uint32_t ps, uint32_t db_pages)
+{
+    struct pageset s = { .len = (size_t)db_pages / 8 + 1, .max = db_pages };
+    s.bits = calloc(1, s.len);
+    uint8_t *page = malloc(ps);
+    int rc = 0;
+    if (!s.bits || !page) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    if (from != UINT64_MAX)
+        rc = dbm_tl_pages_after(b->tl, from, pageset_add, &s);
+    if (from == UINT64_MAX || rc == -ERANGE) {
+        memset(s.bits, 0xff, s.len);
+        rc = 0;
+    }
+    uint32_t n = 0;
+    for (uint32_t p = 1; rc == 0 && p <= db_pages; p++) {
+        if (!(s.bits[p / 8] & (1u << (p % 8))))
+            continue;
+        if ((rc = dbm_tl_read_page(b->tl, last, p, page)) < 0)
+            break;
+        if (dbm_pwrite_all(b->db->fd, page, ps, (off_t)(p - 1) * ps) < 0)
+            rc = -errno;
+        n++;
+    }
+    if (rc == 0 && ftruncate(b->db->fd, (off_t)db_pages * ps) < 0)
+        rc = -errno;
+    if (rc == 0 && fdatasync(b->db->fd) < 0)
+        rc = -errno;
+    if (rc == 0 && n)
+        dbm_notice("%s/%s: rewrote %u page%s recorded after the last sync of the file", b->l->env, b->name, n,
+                   n == 1 ? "" : "s");
+out:
+    free(s.bits);
+    free(page);
+    return rc;
+}
+
+int dbm_dur_recover(struct base *b, int *done)
+{
+    *done = 0;
+    char path[4096];
+    cap_path(b, "shadow", path, sizeof path);
+    unlink(path); /* pages of a transaction that never committed */
+    uint64_t last = 0, id = tl_id_of(b, &last);
+    if (!id || !b->db || !last)
+        return 0;
+    struct dbm_tl_stat ts;
+    dbm_tl_stat(b->tl, &ts);
+    uint8_t *p1 = malloc(ts.page_size);
+    struct dbm_dbhdr h;
+    if (!p1)
+        return -ENOMEM;
+    int rc = dbm_tl_read_page(b->tl, last, 1, p1);
+    int wal = rc == 0 && dbm_dbhdr_parse(p1, ts.page_size, &h) == 0 && h.write_version == 2;
+    free(p1);
+    if (rc < 0)
+        return rc;
+    struct mark m;
+    int have = mark_load(b, &m);
+    if (have == 0)
+        return 0; /* written before this protocol: SQLite's syncs made it durable */
+    if (wal) { /* WAL mode honours every sync: nothing to repair */
+        b->synced_txid = have == 1 && m.tl_id == id ? m.txid : 0;
+        return 0;
+    }
+    uint64_t from = have == 1 && m.tl_id == id ? m.txid : UINT64_MAX;
+    if (from != UINT64_MAX && from >= last) {
+        b->synced_txid = last;
+    } else {
+        if ((rc = dbm_cap_ensure_fd(b->l, b->db)) < 0 || (rc = repair(b, from, last, ts.page_size, ts.db_pages)) < 0)
+            return rc;
+        if ((rc = mark_save(b, id, last, 0)) < 0)
+            return rc;
+    }
+    *done = 1;
+    return 0;
+}
+
+int dbm_dur_recover_legacy_done(struct base *b)
+{
+    uint64_t last = 0, id = tl_id_of(b, &last);
+    if (!id || !b->db || b->db->fd < 0)
+        return 0;
+    struct mark m;
+    if (mark_load(b, &m) != 0)
+        return 0;
+    /* first start on this protocol: the file is as SQLite synced it */
+    if (fdatasync(b->db->fd) < 0)
+        return -errno;
+    int rc = mark_save(b, id, last, 1);
+    if (rc == 0 && fsync(b->l->capdir_fd) < 0)
+        rc = -errno;
+    return rc;
+}
+
+/* ---- the background sync ---- */
+
+static void sync_all(struct dbm_livedb *l)
+{
+    pthread_mutex_lock(&l->mu);
+    size_t n = l->nbases; /* bases live until the livedb closes; the array only grows */
+    struct base **v = malloc((n ? n : 1) * sizeof *v);
+    if (v)
+        memcpy(v, l->bases, n * sizeof *v);
+    pthread_mutex_unlock(&l->mu);
+    if (!v)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        struct base *b = v[i];
+        pthread_mutex_lock(&b->mu);
+        uint64_t last = 0, id = tl_id_of(b, &last);
+        int fd = -1;
+        if (id && b->db && b->db->fd >= 0 && !b->wal_mode && last > b->synced_txid)
+            fd = dup(b->db->fd);
+        pthread_mutex_unlock(&b->mu);
+        if (fd < 0)
+            continue;
+        /* the file held txid last when we looked; the sync runs without the
+         * base's lock so that commits go on meanwhile */
+        int rc = fdatasync(fd) < 0 ? -errno : 0;
+        close(fd);
+        pthread_mutex_lock(&b->mu);
+        if (rc == 0 && tl_id_of(b, NULL) == id && last > b->synced_txid)
+            rc = mark_save(b, id, last, 0);
+        pthread_mutex_unlock(&b->mu);
+        if (rc < 0)
+            dbm_warn("%s/%s: background sync failed (%s): retried; a crash now costs a longer start-up", l->env,
+                     b->name, strerror(-rc));
+    }
+    free(v);
+}
+
+static void *syncer_main(void *arg)
+{
+    struct dbm_livedb *l = arg;
+    /* the commit that started it may run on a thread pinned to one CPU */
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    for (int i = 0; i < CPU_SETSIZE; i++)
+        CPU_SET(i, &cpus);
+    (void)pthread_setaffinity_np(pthread_self(), sizeof cpus, &cpus);
+    pthread_mutex_lock(&l->sync_mu);
+    while (!l->sync_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)l->sync_ms * 1000000ull;
+        ts.tv_sec += (time_t)(ns / 1000000000ull);
+        ts.tv_nsec = (long)(ns % 1000000000ull);
+        pthread_cond_timedwait(&l->sync_cv, &l->sync_mu, &ts);
+        if (l->sync_stop)
+            break;
+        pthread_mutex_unlock(&l->sync_mu);
+        sync_all(l);
+        pthread_mutex_lock(&l->sync_mu);
+    }
+    pthread_mutex_unlock(&l->sync_mu);
+    return NULL;
+}
+
+static unsigned interval_ms(void)
+{
+    const char *s = getenv("DBMOVEFS_SYNC_INTERVAL_MS");
+    char *end;
+    unsigned long v = s ? strtoul(s, &end, 10) : 0;
+    return s && *s && !*end && v > 0 && v <= 3600000ul ? (unsigned)v : 1000;
+}
+
+/* l->sync_mu held. */
+static int syncer_start(struct dbm_livedb *l)
+{
+    l->sync_ms = interval_ms();
+    /* signals are for the threads that wait for them (SIGHUP reloads) */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = -pthread_create(&l->syncer, NULL, syncer_main, l);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    l->have_syncer = rc == 0;
+    return rc;
+}
+
+/* Started by the first commit that needs it, not at open: the daemon may
+ * still fork into the background after opening (a thread would not follow). */
+static void syncer_ensure(struct dbm_livedb *l)
+{
+    pthread_mutex_lock(&l->sync_mu);
+    if (!l->have_syncer && !l->sync_stop) {
+        int rc = syncer_start(l);
+        if (rc < 0)
+            dbm_warn("%s: cannot start the background sync (%s): files are synced at unmount", l->env,
+                     strerror(-rc));
+    }
+    pthread_mutex_unlock(&l->sync_mu);
+}
+
+void dbm_dur_stop(struct dbm_livedb *l)
+{
+    pthread_mutex_lock(&l->sync_mu);
+    l->sync_stop = 1;
+    int joined = l->have_syncer;
+    pthread_cond_signal(&l->sync_cv);
+    pthread_mutex_unlock(&l->sync_mu);
+    if (joined)
+        pthread_join(l->syncer, NULL);
+    l->have_syncer = 0;
+    sync_all(l); /* a clean stop leaves nothing to repair */
+}

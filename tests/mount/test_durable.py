@@ -1,0 +1,143 @@
+"""One durable write per commit (rollback modes): the database file holds
+committed states only, is synced in the background, and is repaired from the
+history after a power loss (issue: the backup engine)."""
+import os
+import shutil
+
+import pytest
+
+from conftest import sql
+
+NEVER = "3600000"  # DBMOVEFS_SYNC_INTERVAL_MS: no background sync during the test
+
+
+def backing(m, name):
+    return os.path.join(m.state, "envs", "prod", "db", name)
+
+
+def count(db):
+    return int(sql(db, "SELECT count(*) FROM t;").stdout)
+
+
+def integrity(db):
+    return sql(db, "PRAGMA integrity_check;").stdout.strip()
+
+
+def pages(path, ps=4096):
+    data = open(path, "rb").read()
+    return [data[i:i + ps] for i in range(0, len(data), ps)]
+
+
+@pytest.mark.parametrize("mode", ["DELETE", "TRUNCATE", "PERSIST"])
+@pytest.mark.parametrize("loss", ["none_reached_disk", "some_reached_disk"])
+def test_power_loss_is_repaired_from_the_history(new_mount, monkeypatch, mode, loss):
+    """Simulates a power loss: after kill -9, the database file is put back to
+    what was last synced (every later write lost, or only some of them), and a
+    half-written journal is left beside it. The restart must rebuild every
+    committed transaction from the history, and roll nothing back."""
+    monkeypatch.setenv("DBMOVEFS_SYNC_INTERVAL_MS", NEVER)
+    m = new_mount()
+    db = m.p("prod", "db", "p.db")
+    sql(db, f"PRAGMA journal_mode={mode}; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);"
+            "INSERT INTO t(v) SELECT randomblob(300) FROM generate_series(1, 200);")
+    m.stop()  # a clean stop syncs the file: this is the synced state
+    synced = pages(backing(m, "p.db"))
+    m.start()
+    for i in range(40):  # each its own transaction, none synced to the file
+        sql(db, f"PRAGMA journal_mode={mode}; INSERT INTO t(v) VALUES (randomblob(3000));"
+                "UPDATE t SET v = randomblob(100) WHERE id = 1 + abs(random()) % 200;")
+    sql(db, f"PRAGMA journal_mode={mode}; DELETE FROM t WHERE id % 7 = 0;")
+    want = count(db)
+    assert want == 240 - len([i for i in range(1, 241) if i % 7 == 0])
+    m.crash()
+    now = pages(backing(m, "p.db"))
+    if loss == "none_reached_disk":
+        lost = synced
+    else:  # any subset of unsynced writes may have reached the disk
+        lost = [(synced[i] if i < len(synced) and i % 2 else now[i]) for i in range(len(now))]
+    with open(backing(m, "p.db"), "wb") as f:
+        f.write(b"".join(lost))
+    with open(backing(m, "p.db-journal"), "wb") as f:  # a journal whose writes were torn
+        f.write(bytes.fromhex("d9d505f920a163d7") + b"\xff" * 4 + os.urandom(4096 + 20))
+    m.start()
+    assert not os.path.exists(backing(m, "p.db-journal"))
+    assert count(db) == want
+    assert integrity(db) == "ok"
+    log = m.read_log()
+    assert "rewrote" in log and "recorded after the last sync of the file" in log
+    assert "removed the journal a crash left" in log
+
+
+def test_background_sync_bounds_the_repair(new_mount, monkeypatch):
+    """With the background sync on, a crash after it ran repairs nothing."""
+    monkeypatch.setenv("DBMOVEFS_SYNC_INTERVAL_MS", "100")
+    m = new_mount()
+    db = m.p("prod", "db", "b.db")
+    sql(db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);"
+            "INSERT INTO t(v) SELECT randomblob(300) FROM generate_series(1, 50);")
+    marker = os.path.join(m.state, "envs", "prod", "capture", "b.db.synced")
+    before = open(marker, "rb").read()
+    import time
+    deadline = time.time() + 10
+    while open(marker, "rb").read() == before and time.time() < deadline:
+        time.sleep(0.05)
+    assert open(marker, "rb").read() != before, "the background sync never advanced the marker"
+    m.crash()
+    m.start()
+    assert count(db) == 50 and integrity(db) == "ok"
+    assert "recorded after the last sync of the file" not in m.read_log()
+
+
+def test_reads_inside_a_transaction_see_its_own_writes(new_mount, monkeypatch):
+    """A tiny page cache makes SQLite spill pages mid-transaction and read them
+    back through the mount; they wait in the shadow, not in the file."""
+    m = new_mount()
+    db = m.p("prod", "db", "s.db")
+    sql(db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); CREATE INDEX tv ON t(v);")
+    sql(db, "PRAGMA cache_size=3; BEGIN; INSERT INTO t(v) SELECT randomblob(500) FROM generate_series(1, 3000);"
+            "SELECT count(*) FROM t WHERE v > x'80'; UPDATE t SET v = randomblob(400) WHERE id % 3 = 0; COMMIT;")
+    assert count(db) == 3000 and integrity(db) == "ok"
+    size = os.stat(db).st_size
+    # a VACUUM shrinks the file inside the transaction (a truncate in the shadow)
+    sql(db, "DELETE FROM t WHERE id > 100; VACUUM;")
+    assert os.stat(db).st_size < size
+    assert os.stat(backing(m, "s.db")).st_size == os.stat(db).st_size
+    assert count(db) == 100 and integrity(db) == "ok"
+    # a spilled transaction rolled back leaves the file as it was
+    before = open(db, "rb").read()
+    sql(db, "PRAGMA cache_size=3; BEGIN; INSERT INTO t(v) SELECT randomblob(500) FROM generate_series(1, 2000);"
+            "ROLLBACK;")
+    assert open(db, "rb").read() == before
+    assert open(backing(m, "s.db"), "rb").read() == before
+
+
+def test_attached_databases_commit_together(new_mount):
+    """A transaction over two databases uses a super-journal: it falls back to
+    SQLite's own protocol, and both databases get it."""
+    m = new_mount()
+    a, b = m.p("prod", "db", "a.db"), m.p("prod", "db", "b.db")
+    sql(a, "CREATE TABLE t(x);")
+    sql(b, "CREATE TABLE t(x);")
+    sql(a, f"ATTACH '{b}' AS other; BEGIN; INSERT INTO t VALUES (1); INSERT INTO other.t VALUES (2); COMMIT;"
+           f"BEGIN; INSERT INTO t VALUES (3); INSERT INTO other.t VALUES (4); ROLLBACK;")
+    assert sql(a, "SELECT x FROM t;").stdout.split() == ["1"]
+    assert sql(b, "SELECT x FROM t;").stdout.split() == ["2"]
+    assert integrity(a) == "ok" and integrity(b) == "ok"
+    assert not [n for n in os.listdir(m.p("prod", "db")) if "-mj" in n]
+    m.stop()
+    m.start()
+    assert sql(a, "SELECT x FROM t;").stdout.split() == ["1"]
+    assert sql(b, "SELECT x FROM t;").stdout.split() == ["2"]
+
+
+def test_switch_to_wal_and_back_survives_a_crash(new_mount, monkeypatch):
+    monkeypatch.setenv("DBMOVEFS_SYNC_INTERVAL_MS", NEVER)
+    m = new_mount()
+    db = m.p("prod", "db", "w.db")
+    sql(db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t(v) VALUES (1), (2);")
+    sql(db, "PRAGMA journal_mode=WAL; INSERT INTO t(v) VALUES (3);")
+    sql(db, "PRAGMA journal_mode=DELETE; INSERT INTO t(v) VALUES (4);")
+    m.crash()
+    m.start()
+    assert [int(x) for x in sql(db, "SELECT v FROM t ORDER BY id;").stdout.split()] == [1, 2, 3, 4]
+    assert integrity(db) == "ok"
