@@ -124,7 +124,6 @@ int dbm_dur_timeline_new(struct base *b, uint64_t tl_id)
 
 void dbm_dur_forget(struct base *b)
 {
-    dbm_dur_discard(b);
     if (b->mark_fd >= 0)
         close(b->mark_fd);
     b->mark_fd = -1;
@@ -491,7 +490,7 @@ static void sync_all(struct dbm_livedb *l)
     pthread_mutex_lock(&l->mu);
     size_t n = l->nbases; /* bases live until the livedb closes; the array only grows */
     struct base **v = malloc((n ? n : 1) * sizeof *v);
-    if (v)
+    if (v && n)
         memcpy(v, l->bases, n * sizeof *v);
     pthread_mutex_unlock(&l->mu);
     if (!v)

@@ -456,6 +456,7 @@ int dbm_livedb_unlink(struct dbm_livedb *l, const char *name)
     if (f->kind == DBM_SQLFILE_WAL)
         dbm_cap_wal_reset(b);
     if (f->kind == DBM_SQLFILE_DB) {
+        dbm_dur_discard(b); /* an open transaction's pages: nothing to apply them to */
         dbm_cap_forget_history(b, dbm_now_ns());
         dbm_notice("%s: database %s removed; its history stays readable for the retention window", l->env, name);
     }

@@ -145,7 +145,7 @@ int dbm_dur_go_legacy(struct base *b);
 /* Whether an fsync of f must really sync (*real); may switch to legacy. */
 int dbm_dur_fsync(struct base *b, struct dbfile *f, int *real);
 int dbm_dur_timeline_new(struct base *b, uint64_t tl_id);
-void dbm_dur_forget(struct base *b);
+void dbm_dur_forget(struct base *b);              /* history dropped: its marker goes */
 /* Start-up, timeline attached: repairs the file from the store if this
  * protocol wrote it (*done: then a leftover journal must go). */
 int dbm_dur_recover(struct base *b, int *done);
