@@ -162,9 +162,12 @@ static int read_dbhdr(struct base *b, struct dbm_dbhdr *h, uint64_t *size)
     int rc = dbm_cap_ensure_fd(b->l, b->db);
     if (rc < 0)
         return rc;
-    if (fstat(b->db->fd, &st) < 0)
+    if (dbm_dur_active(b))
+        *size = dbm_dur_size(b);
+    else if (fstat(b->db->fd, &st) < 0)
         return -errno;
-    *size = dbm_dur_active(b) ? dbm_dur_size(b) : (uint64_t)st.st_size;
+    else
+        *size = (uint64_t)st.st_size;
     if (*size < 100)
         return -ENODATA;
     ssize_t n = dbm_dur_pread(b, buf, sizeof buf, 0);
@@ -319,10 +322,9 @@ int dbm_cap_journal_written(struct base *b, off_t off, size_t size)
     (void)size;
     if (off >= 8 || !b->journal)
         return 0;
-    uint8_t magic[8];
+    uint8_t magic[DBM_JOURNAL_MAGIC_LEN];
     ssize_t n = dbm_pread_all(b->journal->fd, magic, sizeof magic, 0);
-    static const uint8_t jmagic[8] = { 0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7 };
-    b->journal_active = n == 8 && memcmp(magic, jmagic, 8) == 0;
+    b->journal_active = n == sizeof magic && dbm_journal_magic(magic);
     return 0;
 }
 
@@ -428,11 +430,16 @@ struct walpos {
 };
 #define WALPOS_MAGIC 0x57504f53u
 
+void dbm_cap_path(const struct base *b, const char *ext, char *out, size_t n)
+{
+    snprintf(out, n, "%s/%s.%s", b->l->capdir, b->name, ext);
+}
+
 static void cursor_save(struct base *b)
 {
     if (b->cursor_fd < 0) {
         char path[4096];
-        snprintf(path, sizeof path, "%s/%s.walpos", b->l->capdir, b->name);
+        dbm_cap_path(b, "walpos", path, sizeof path);
         b->cursor_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
         if (b->cursor_fd < 0)
             return;
@@ -447,7 +454,7 @@ static void cursor_save(struct base *b)
 static int cursor_load(struct base *b, struct walpos *p)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/%s.walpos", b->l->capdir, b->name);
+    dbm_cap_path(b, "walpos", path, sizeof path);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
@@ -611,6 +618,21 @@ int dbm_cap_wal_written(struct base *b, off_t off, size_t size)
 
 /* ---- start-up ---- */
 
+/* Removes the journal a crash left (durably), saying why. */
+static int drop_journal(struct base *b, const char *why)
+{
+    if (!b->journal)
+        return 0;
+    if (unlinkat(b->l->dirfd, b->journal->name, 0) < 0)
+        return -errno;
+    fsync(b->l->dirfd);
+    b->journal->unlinked = 1;
+    b->journal = NULL;
+    b->journal_active = 0;
+    dbm_notice("%s/%s: %s", b->l->env, b->name, why);
+    return 0;
+}
+
 /* Journal records: after each header (one sector), nrec records of
  * (pgno, page, checksum); further headers start at sector boundaries. */
 static int journal_pages_match(struct base *b, uint64_t txid, int *match)
@@ -693,13 +715,7 @@ static int journal_recover(struct base *b)
     if (match && fstat(b->db->fd, &st) == 0 && (uint64_t)st.st_size >= (uint64_t)ts.db_pages * b->page_size) {
         if (ftruncate(b->db->fd, (off_t)ts.db_pages * b->page_size) < 0 || fsync(b->db->fd) < 0)
             return -errno;
-        if (unlinkat(b->l->dirfd, b->journal->name, 0) < 0)
-            return -errno;
-        fsync(b->l->dirfd);
-        b->journal->unlinked = 1;
-        b->journal = NULL;
-        b->journal_active = 0;
-        dbm_notice("%s/%s: finished a transaction recorded before a crash (removed its journal)", b->l->env, b->name);
+        return drop_journal(b, "finished a transaction recorded before a crash (removed its journal)");
     } else {
         dbm_notice("%s/%s: hot journal left by a crash: SQLite rolls it back on the next open", b->l->env, b->name);
     }
@@ -754,22 +770,6 @@ int dbm_cap_recover(struct base *b)
     return rc;
 }
 
-/* A journal beside a file the store repaired: its transaction either never
- * reached the file or is recorded, so nothing may roll the file back. */
-static int drop_journal(struct base *b)
-{
-    if (!b->journal)
-        return 0;
-    if (unlinkat(b->l->dirfd, b->journal->name, 0) < 0)
-        return -errno;
-    fsync(b->l->dirfd);
-    dbm_notice("%s/%s: removed the journal a crash left (the file is repaired from the history)", b->l->env,
-               b->name);
-    b->journal->unlinked = 1;
-    b->journal = NULL;
-    return 0;
-}
-
 static int recover_capture(struct base *b)
 {
     struct dbm_livedb *l = b->l;
@@ -795,7 +795,11 @@ static int recover_capture(struct base *b)
             b->last_counter = be32(p1 + 24);
         free(p1);
         int repaired = 0;
-        if ((rc = dbm_dur_recover(b, &repaired)) < 0 || (repaired && (rc = drop_journal(b)) < 0))
+        /* a journal beside a repaired file: its transaction either never
+         * reached the file or is recorded, so nothing may roll it back */
+        if ((rc = dbm_dur_recover(b, &repaired)) < 0 ||
+            (repaired &&
+             (rc = drop_journal(b, "removed the journal a crash left (the file is repaired from the history)")) < 0))
             return rc;
     } else if (rc != -ENOENT) {
         return rc;

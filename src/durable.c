@@ -58,18 +58,13 @@ struct mark {
     uint32_t pad2, crc;
 };
 
-static void cap_path(const struct base *b, const char *ext, char *out, size_t n)
-{
-    snprintf(out, n, "%s/%s.%s", b->l->capdir, b->name, ext);
-}
-
 /* ---- the synced marker ---- */
 
 /* 1 loaded, 0 no marker file, -EINVAL unreadable, -errno. */
 static int mark_load(struct base *b, struct mark *m)
 {
     char path[4096];
-    cap_path(b, "synced", path, sizeof path);
+    dbm_cap_path(b, "synced", path, sizeof path);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT ? 0 : -errno;
@@ -87,7 +82,7 @@ static int mark_save(struct base *b, uint64_t tl_id, uint64_t txid, int durable)
 {
     if (b->mark_fd < 0) {
         char path[4096];
-        cap_path(b, "synced", path, sizeof path);
+        dbm_cap_path(b, "synced", path, sizeof path);
         b->mark_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
         if (b->mark_fd < 0)
             return -errno;
@@ -129,7 +124,7 @@ void dbm_dur_forget(struct base *b)
     b->mark_fd = -1;
     b->synced_txid = 0;
     char path[4096];
-    cap_path(b, "synced", path, sizeof path);
+    dbm_cap_path(b, "synced", path, sizeof path);
     unlink(path);
 }
 
@@ -154,7 +149,7 @@ static int shadow_fd(struct base *b)
     if (b->sh_fd >= 0)
         return 0;
     char path[4096];
-    cap_path(b, "shadow", path, sizeof path);
+    dbm_cap_path(b, "shadow", path, sizeof path);
     b->sh_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
     return b->sh_fd < 0 ? -errno : 0;
 }
@@ -335,19 +330,16 @@ int dbm_dur_go_legacy(struct base *b)
     return 0;
 }
 
-/* 1 if the journal ends with a super-journal record (its last 8 bytes are
- * the journal magic after a name length and checksum). */
+/* 1 if the journal ends with a super-journal record. */
 static int names_super(struct base *b)
 {
-    static const uint8_t jmagic[8] = { 0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7 };
     struct stat st;
     uint8_t tail[16];
     int fd = b->journal ? b->journal->fd : -1;
-    if (fd < 0 || fstat(fd, &st) < 0 || st.st_size < 16 + 4 ||
+    if (fd < 0 || fstat(fd, &st) < 0 || st.st_size < 20 ||
         dbm_pread_all(fd, tail, sizeof tail, st.st_size - 16) != sizeof tail)
         return 0;
-    uint32_t len = (uint32_t)tail[0] << 24 | (uint32_t)tail[1] << 16 | (uint32_t)tail[2] << 8 | tail[3];
-    return memcmp(tail + 8, jmagic, 8) == 0 && len > 0 && len < 4096 && (uint64_t)st.st_size >= 20 + len;
+    return dbm_journal_names_super(tail, (uint64_t)st.st_size);
 }
 
 int dbm_dur_fsync(struct base *b, struct dbfile *f, int *real)
@@ -429,13 +421,12 @@ int dbm_dur_recover(struct base *b, int *done)
 {
     *done = 0;
     char path[4096];
-    cap_path(b, "shadow", path, sizeof path);
+    dbm_cap_path(b, "shadow", path, sizeof path);
     unlink(path); /* pages of a transaction that never committed */
-    uint64_t last = 0, id = tl_id_of(b, &last);
-    if (!id || !b->db || !last)
-        return 0;
     struct dbm_tl_stat ts;
-    dbm_tl_stat(b->tl, &ts);
+    if (!b->tl || !b->db || dbm_tl_stat(b->tl, &ts) < 0 || !ts.last_txid)
+        return 0;
+    uint64_t last = ts.last_txid, id = ts.id;
     uint8_t *p1 = malloc(ts.page_size);
     struct dbm_dbhdr h;
     if (!p1)

@@ -515,8 +515,10 @@ static struct fhent fh_list = { &fh_list, &fh_list, NULL, NULL };
 int dbm_fs_fh_give(struct fuse_file_info *fi, void *obj, void (*drop)(void *obj))
 {
     struct fhent *h = malloc(sizeof *h);
-    if (!h)
+    if (!h) {
+        drop(obj);
         return -ENOMEM;
+    }
     h->obj = obj;
     h->drop = drop;
     pthread_mutex_lock(&fh_mu);
@@ -585,10 +587,7 @@ int dbm_fs_textfh_give(struct fuse_file_info *fi, const char *data, size_t len)
         return -ENOMEM;
     t->len = len;
     memcpy(t->data, data, len);
-    int rc = dbm_fs_fh_give(fi, t, drop_free);
-    if (rc < 0)
-        free(t);
-    return rc;
+    return dbm_fs_fh_give(fi, t, drop_free);
 }
 
 static void open_text(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -636,8 +635,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     if (e)
         rc = dbm_livedb_open_file(e->live, ino_id(ino), fi->flags, &h);
     pthread_rwlock_unlock(&d->cfg_lock);
-    if (rc == 0 && (rc = dbm_fs_fh_give(fi, h, drop_dbhandle)) < 0)
-        dbm_livedb_release(h);
+    if (rc == 0)
+        rc = dbm_fs_fh_give(fi, h, drop_dbhandle);
     if (rc < 0) {
         fuse_reply_err(req, -rc);
         return;
@@ -663,8 +662,8 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
     else if ((e = db_env(d, parent, req, DBM_ACCESS_WRITE, &rc)))
         rc = dbm_livedb_create(e->live, name, fi->flags, &id, &st, &h);
     pthread_rwlock_unlock(&d->cfg_lock);
-    if (rc == 0 && (rc = dbm_fs_fh_give(fi, h, drop_dbhandle)) < 0)
-        dbm_livedb_release(h);
+    if (rc == 0)
+        rc = dbm_fs_fh_give(fi, h, drop_dbhandle);
     if (rc < 0) {
         fuse_reply_err(req, -rc);
         return;

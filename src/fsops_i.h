@@ -62,8 +62,8 @@ int dbm_fs_textfh_give(struct fuse_file_info *fi, const char *data, size_t len);
 /* Open file handles. Every object handed to the kernel as fi->fh goes on one
  * list, so that those whose RELEASE never comes (the connection ended while a
  * reader was closing: unmount, SIGTERM) are dropped at unmount, not leaked.
- * give: 0, or -ENOMEM with obj not taken (the caller drops it). release:
- * takes it off the list and drops it. */
+ * give takes obj in every case: 0, or -ENOMEM with obj already dropped.
+ * release: takes it off the list and drops it. */
 int dbm_fs_fh_give(struct fuse_file_info *fi, void *obj, void (*drop)(void *obj));
 void *dbm_fs_fh(const struct fuse_file_info *fi);
 void dbm_fs_fh_release(struct fuse_file_info *fi);

@@ -400,7 +400,6 @@ static void open_view(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     v->snap = s;
     v->idx = (int)idx;
     if (dbm_fs_fh_give(fi, v, drop_view) < 0) {
-        drop_view(v);
         fuse_reply_err(req, ENOMEM);
         return;
     }
@@ -453,7 +452,6 @@ static void open_export(fuse_req_t req, struct dbm_daemon *d, fuse_ino_t ino, st
     }
     h->e = e;
     if (dbm_fs_fh_give(fi, h, drop_export) < 0) {
-        drop_export(h);
         fuse_reply_err(req, ENOMEM);
         return;
     }

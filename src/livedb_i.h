@@ -124,6 +124,8 @@ int dbm_cap_recover(struct base *b);
 void dbm_cap_forget_history(struct base *b, uint64_t now_ns); /* database removed */
 void dbm_cap_free(struct base *b);
 int dbm_cap_ensure_fd(struct dbm_livedb *l, struct dbfile *f);
+/* capture/<name>.<ext>: the database's files beside the capture cursor. */
+void dbm_cap_path(const struct base *b, const char *ext, char *out, size_t n);
 
 /* durable.c: one durable write per commit in rollback modes (see there).
  * Called with b->mu held, except start/stop. */

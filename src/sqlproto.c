@@ -80,6 +80,20 @@ uint32_t dbm_lock_page(uint32_t page_size)
  * nrec are zero until the journal has been synced (the other fields are
  * already set). SQLite's hot-journal test looks at byte 0 only; a zero
  * magic is the form both share. */
+int dbm_journal_magic(const void *p)
+{
+    return memcmp(p, journal_magic, sizeof(journal_magic)) == 0;
+}
+
+/* SQLite's writeSuperJournal(): pgno, name, u32 name length, u32 checksum,
+ * magic, at the journal's end. The limit is SQLite's path length bound. */
+int dbm_journal_names_super(const void *tail, uint64_t jsize)
+{
+    const unsigned char *p = tail;
+    uint32_t len = get_be32(p);
+    return jsize >= 20 && dbm_journal_magic(p + 8) && len > 0 && len < 4096 && jsize >= 20 + (uint64_t)len;
+}
+
 int dbm_jhdr_parse(const void *buf, size_t len, struct dbm_jhdr *out)
 {
     static const unsigned char zero[DBM_JOURNAL_MAGIC_LEN];

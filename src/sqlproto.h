@@ -41,6 +41,12 @@ struct dbm_jhdr {
  * candidate), 0 if the header is zeroed/absent (committed or empty),
  * -EINVAL if it is neither (garbage). */
 int dbm_jhdr_parse(const void *buf, size_t len, struct dbm_jhdr *out);
+/* 1 if p (DBM_JOURNAL_MAGIC_LEN bytes) is the journal magic. */
+int dbm_journal_magic(const void *p);
+/* tail: a journal's last 16 bytes; jsize: its size. 1 if they close a
+ * super-journal record (name length, checksum, magic): the journal belongs
+ * to a transaction over several databases. */
+int dbm_journal_names_super(const void *tail, uint64_t jsize);
 
 /* ---- WAL ---- */
 #define DBM_WAL_HDR_SIZE 32

@@ -273,6 +273,24 @@ static void test_jhdr_synthetic(void)
     CHECK_EQ_INT(j.page_size, 4096);
 }
 
+/* The tail SQLite's writeSuperJournal() leaves: name length, checksum, magic. */
+static void test_journal_super_tail(void)
+{
+    static const unsigned char magic[8] = { 0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7 };
+    unsigned char t[16] = { 0 };
+    CHECK(dbm_journal_magic(magic));
+    CHECK(!dbm_journal_magic(t));
+    put_be32(t, 30);
+    memcpy(t + 8, magic, 8);
+    CHECK_EQ_INT(dbm_journal_names_super(t, 4096 + 50), 1);
+    CHECK_EQ_INT(dbm_journal_names_super(t, 49), 0);  /* shorter than the record it claims */
+    put_be32(t, 0);
+    CHECK_EQ_INT(dbm_journal_names_super(t, 4096), 0); /* no name */
+    put_be32(t, 30);
+    t[15] ^= 1;
+    CHECK_EQ_INT(dbm_journal_names_super(t, 4096), 0); /* not the magic: page data */
+}
+
 /* A WAL with big-endian checksums (magic ...83), as a big-endian host
  * writes it: header + 2 frames of 512 bytes, checksums from the reference. */
 static void test_wal_synthetic_be(void)
@@ -691,6 +709,7 @@ int main(void)
     test_lock_page();
     test_classify();
     test_jhdr_synthetic();
+    test_journal_super_tail();
     test_wal_synthetic_be();
     if (!have_sqlite3()) {
         fprintf(stderr, "sqlite3 shell not found: real-file tests skipped\n");
