@@ -465,24 +465,30 @@ static int cursor_load(struct base *b, struct walpos *p)
     return 0;
 }
 
-void dbm_cap_wal_reset(struct base *b) { b->wal_ok = 0; }
+void dbm_cap_wal_reset(struct base *b)
+{
+    b->wal_ok = 0;
+    dbm_dur_wal_restarted(b); /* truncated or removed: SQLite checkpointed every frame first */
+}
 
-/* (Re)reads the WAL header; a new generation starts capture at frame 0. */
-static void wal_header(struct base *b)
+/* (Re)reads the WAL header; a new generation starts capture at frame 0.
+ * 1 if it did, 0 if the generation is the same, -1 if no valid header. */
+static int wal_header(struct base *b)
 {
     uint8_t buf[DBM_WAL_HDR_SIZE];
     struct dbm_walhdr h;
     if (dbm_pread_all(b->wal->fd, buf, sizeof buf, 0) != sizeof buf || dbm_walhdr_parse(buf, sizeof buf, &h) < 0) {
         b->wal_ok = 0;
-        return;
+        return -1;
     }
     if (b->wal_ok && h.salt1 == b->wh.salt1 && h.salt2 == b->wh.salt2)
-        return;
+        return 0;
     b->wh = h;
     dbm_walck_init(&b->ck, &h);
     b->next_frame = 0;
     b->wal_ok = 1;
     cursor_save(b);
+    return 1;
 }
 
 struct frameref {
@@ -589,7 +595,9 @@ int dbm_cap_wal_written(struct base *b, off_t off, size_t size)
     if (!b->wal || size == 0)
         return 0;
     if (off < DBM_WAL_HDR_SIZE) {
-        wal_header(b);
+        /* SQLite starts a generation only once every frame is checkpointed */
+        if (wal_header(b) == 1)
+            dbm_dur_wal_restarted(b);
         return 0;
     }
     if (!b->wal_ok)
@@ -618,19 +626,25 @@ int dbm_cap_wal_written(struct base *b, off_t off, size_t size)
 
 /* ---- start-up ---- */
 
-/* Removes the journal a crash left (durably), saying why. */
-static int drop_journal(struct base *b, const char *why)
+/* Removes the journal or WAL (*slot) a crash left, durably, saying why. */
+static int drop_file(struct base *b, struct dbfile **slot, const char *why)
 {
-    if (!b->journal)
+    struct dbfile *f = *slot;
+    if (!f)
         return 0;
-    if (unlinkat(b->l->dirfd, b->journal->name, 0) < 0)
+    if (unlinkat(b->l->dirfd, f->name, 0) < 0)
         return -errno;
     fsync(b->l->dirfd);
-    b->journal->unlinked = 1;
-    b->journal = NULL;
-    b->journal_active = 0;
+    f->unlinked = 1;
+    *slot = NULL;
     dbm_notice("%s/%s: %s", b->l->env, b->name, why);
     return 0;
+}
+
+static int drop_journal(struct base *b, const char *why)
+{
+    b->journal_active = 0;
+    return drop_file(b, &b->journal, why);
 }
 
 /* Journal records: after each header (one sector), nrec records of
@@ -798,9 +812,18 @@ static int recover_capture(struct base *b)
         /* a journal beside a repaired file: its transaction either never
          * reached the file or is recorded, so nothing may roll it back */
         if ((rc = dbm_dur_recover(b, &repaired)) < 0 ||
-            (repaired &&
+            ((repaired & DBM_DUR_FILE_REPAIRED) &&
              (rc = drop_journal(b, "removed the journal a crash left (the file is repaired from the history)")) < 0))
             return rc;
+        /* after a reboot the WAL may be torn, and what it held that any
+         * writer saw committed is in the store, now in the file */
+        if ((repaired & DBM_DUR_WAL_STALE) && b->wal) {
+            if ((rc = drop_file(b, &b->wal, "removed the WAL left by a reboot (the file is rebuilt from the history)")) < 0)
+                return rc;
+            char path[4096];
+            dbm_cap_path(b, "walpos", path, sizeof path);
+            unlink(path);
+        }
     } else if (rc != -ENOENT) {
         return rc;
     }

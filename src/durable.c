@@ -23,8 +23,19 @@
  * A transaction falls back to SQLite's own protocol ("legacy": written
  * through, every sync honoured) when its journal names a super-journal
  * (ATTACHed databases commit atomically only through the journals), or a
- * write is not whole pages. WAL mode keeps SQLite's protocol throughout: its
- * checkpoints and WAL restarts rely on the syncs.
+ * write is not whole pages.
+ *
+ * WAL mode: the store's append at the commit frame is the durable write, so
+ * fsync of the WAL and of the database (a checkpoint's) return at once. The
+ * file is known to hold a whole state only when SQLite starts a new WAL
+ * generation, truncates or removes the WAL: each needs every frame
+ * checkpointed, so the file then holds the last recorded txid (wal_base).
+ * The background thread syncs the file and records wal_base. At start-up,
+ * the same boot (the page cache survived: a daemon crash) trusts the WAL and
+ * capture resumes from it; after a reboot (a power loss may have torn the WAL
+ * and the file), the pages recorded after the marker are rewritten from the
+ * store and the WAL is removed: every frame it held that a writer saw
+ * committed is in the store. The marker carries the boot id to tell the two.
  *
  * All dbm_dur_* functions except the thread's run with b->mu held. */
 #include <errno.h>
@@ -48,19 +59,58 @@
 #include "strutil.h"
 #include "sysio.h"
 
-#define MARK_MAGIC 0x434e5953u /* "SYNC" */
+#define MARK_MAGIC 0x434e5953u  /* "SYNC": the first layout, without a boot id */
+#define MARK_MAGIC2 0x324e5953u /* "SYN2" */
 #define SHADOW_TRIM (64ull << 20) /* a shadow left bigger than this is truncated after its commit */
 #define COPY_BYTES (1u << 20)
 
 struct mark {
     uint32_t magic, pad;
     uint64_t tl_id, txid;
+    char boot[40];  /* the boot it was written in ("" in the first layout) */
+    uint32_t pad2, crc;
+};
+struct mark1 { /* the first layout */
+    uint32_t magic, pad;
+    uint64_t tl_id, txid;
     uint32_t pad2, crc;
 };
 
+/* The id of this boot: a marker written in another boot means the page
+ * cache may have lost writes. DBMOVEFS_BOOT_ID stands in for it (tests
+ * simulate a power loss with it). */
+static char boot[40];
+
+static void boot_init(void)
+{
+    const char *e = getenv("DBMOVEFS_BOOT_ID");
+    if (e && *e) {
+        snprintf(boot, sizeof boot, "%s", e);
+        return;
+    }
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, boot, sizeof boot - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    boot[n > 0 ? n : 0] = 0;
+    boot[strcspn(boot, "\n")] = 0;
+    if (!boot[0]) /* unknown: every start counts as a new boot (the safe side) */
+        snprintf(boot, sizeof boot, "unknown");
+}
+
+static const char *boot_id(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, boot_init);
+    return boot;
+}
+
+static void syncer_ensure(struct dbm_livedb *l);
+
 /* ---- the synced marker ---- */
 
-/* 1 loaded, 0 no marker file, -EINVAL unreadable, -errno. */
+/* 1 loaded, 0 no marker file, -EINVAL unreadable, -errno. A marker of the
+ * first layout loads with an empty boot id. */
 static int mark_load(struct base *b, struct mark *m)
 {
     char path[4096];
@@ -70,8 +120,18 @@ static int mark_load(struct base *b, struct mark *m)
         return errno == ENOENT ? 0 : -errno;
     ssize_t n = pread(fd, m, sizeof *m, 0);
     close(fd);
-    if (n != sizeof *m || m->magic != MARK_MAGIC || m->crc != dbm_crc32c(0, m, offsetof(struct mark, crc)))
+    if (n == sizeof *m && m->magic == MARK_MAGIC2 && m->crc == dbm_crc32c(0, m, offsetof(struct mark, crc)) &&
+        memchr(m->boot, 0, sizeof m->boot))
+        return 1;
+    struct mark1 m1;
+    if (n < (ssize_t)sizeof m1)
         return -EINVAL;
+    memcpy(&m1, m, sizeof m1);
+    if (m1.magic != MARK_MAGIC || m1.crc != dbm_crc32c(0, &m1, offsetof(struct mark1, crc)))
+        return -EINVAL;
+    memset(m, 0, sizeof *m);
+    m->tl_id = m1.tl_id;
+    m->txid = m1.txid;
     return 1;
 }
 
@@ -87,7 +147,8 @@ static int mark_save(struct base *b, uint64_t tl_id, uint64_t txid, int durable)
         if (b->mark_fd < 0)
             return -errno;
     }
-    struct mark m = { .magic = MARK_MAGIC, .tl_id = tl_id, .txid = txid };
+    struct mark m = { .magic = MARK_MAGIC2, .tl_id = tl_id, .txid = txid };
+    snprintf(m.boot, sizeof m.boot, "%s", boot_id());
     m.crc = dbm_crc32c(0, &m, offsetof(struct mark, crc));
     if (dbm_pwrite_all(b->mark_fd, &m, sizeof m, 0) < 0)
         return -errno;
@@ -105,6 +166,23 @@ static uint64_t tl_id_of(struct base *b, uint64_t *last)
     if (last)
         *last = ts.last_txid;
     return ts.id;
+}
+
+/* The txid the database file holds once synced: the last recorded one in
+ * the rollback modes (the file holds committed states only), the last full
+ * checkpoint's in WAL mode. */
+static uint64_t sync_target(const struct base *b, uint64_t last)
+{
+    return b->wal_mode ? b->wal_base_txid : last;
+}
+
+void dbm_dur_wal_restarted(struct base *b)
+{
+    uint64_t last = 0;
+    if (!tl_id_of(b, &last))
+        return;
+    b->wal_base_txid = last;
+    syncer_ensure(b->l);
 }
 
 int dbm_dur_timeline_new(struct base *b, uint64_t tl_id)
@@ -127,20 +205,6 @@ void dbm_dur_forget(struct base *b)
     dbm_cap_path(b, "synced", path, sizeof path);
     unlink(path);
 }
-
-/* Makes the database file durable and records how far (b->mu held: the
- * file holds exactly the last recorded txid). */
-static int sync_now(struct base *b)
-{
-    uint64_t last = 0, id = tl_id_of(b, &last);
-    if (!id || !b->db || b->db->fd < 0 || last <= b->synced_txid)
-        return 0;
-    if (fdatasync(b->db->fd) < 0)
-        return -errno;
-    return mark_save(b, id, last, 0);
-}
-
-static void syncer_ensure(struct dbm_livedb *l);
 
 /* ---- the shadow ---- */
 
@@ -292,13 +356,8 @@ int dbm_dur_apply(struct base *b)
     syncer_ensure(b->l);
     if (b->sh_size > SHADOW_TRIM && ftruncate(b->sh_fd, 0) < 0)
         dbm_warn("%s/%s: cannot trim its shadow file: %s", b->l->env, b->name, strerror(errno));
-    if (b->wal_mode) {
-        /* the switch to WAL: from now on SQLite's syncs are honoured, so the
-         * file must be durable as it stands */
-        rc = sync_now(b);
-        if (rc < 0)
-            dbm_err("%s/%s: cannot sync the database on its switch to WAL: %s", b->l->env, b->name, strerror(-rc));
-    }
+    if (b->wal_mode)
+        dbm_dur_wal_restarted(b); /* the switch to WAL: the file holds the last state */
     return rc;
 }
 
@@ -354,7 +413,9 @@ int dbm_dur_fsync(struct base *b, struct dbfile *f, int *real)
             return dbm_dur_go_legacy(b); /* and the caller syncs the journal */
         *real = 0;
     } else if (f->kind == DBM_SQLFILE_DB && b->db == f) {
-        *real = b->legacy || b->wal_mode;
+        *real = b->legacy;
+    } else if (f->kind == DBM_SQLFILE_WAL && b->wal == f) {
+        *real = 0; /* every commit frame written is in the store */
     }
     return 0;
 }
@@ -436,24 +497,27 @@ int dbm_dur_recover(struct base *b, int *done)
     free(p1);
     if (rc < 0)
         return rc;
-    struct mark m;
+    struct mark m = { 0 };
     int have = mark_load(b, &m);
-    if (have == 0)
+    if (have == 0 || (wal && have == 1 && !m.boot[0]))
         return 0; /* written before this protocol: SQLite's syncs made it durable */
-    if (wal) { /* WAL mode honours every sync: nothing to repair */
-        b->synced_txid = have == 1 && m.tl_id == id ? m.txid : 0;
+    uint64_t from = have == 1 && m.tl_id == id ? m.txid : UINT64_MAX;
+    if (wal && have == 1 && !strcmp(m.boot, boot_id())) {
+        /* a daemon crash: the page cache kept every write, and capture
+         * resumes from the WAL */
+        b->synced_txid = b->wal_base_txid = from == UINT64_MAX ? 0 : from;
         return 0;
     }
-    uint64_t from = have == 1 && m.tl_id == id ? m.txid : UINT64_MAX;
     if (from != UINT64_MAX && from >= last) {
         b->synced_txid = last;
     } else {
         if ((rc = dbm_cap_ensure_fd(b->l, b->db)) < 0 || (rc = repair(b, from, last, ts.page_size, ts.db_pages)) < 0)
             return rc;
-        if ((rc = mark_save(b, id, last, 0)) < 0)
+        if ((rc = mark_save(b, id, last, 1)) < 0)
             return rc;
     }
-    *done = 1;
+    b->wal_base_txid = last;
+    *done = wal ? DBM_DUR_FILE_REPAIRED | DBM_DUR_WAL_STALE : DBM_DUR_FILE_REPAIRED;
     return 0;
 }
 
@@ -463,10 +527,14 @@ int dbm_dur_recover_legacy_done(struct base *b)
     if (!id || !b->db || b->db->fd < 0)
         return 0;
     struct mark m;
-    if (mark_load(b, &m) != 0)
+    int have = mark_load(b, &m);
+    if (have < 0 || (have == 1 && (m.boot[0] || !b->wal_mode)))
         return 0;
-    /* first start on this protocol: the file is as SQLite synced it */
-    if (fdatasync(b->db->fd) < 0)
+    /* first start on this protocol: the file is as SQLite synced it; in WAL
+     * mode it may lack what the WAL holds, so nothing is known to be in it */
+    if (b->wal_mode)
+        last = 0;
+    else if (fdatasync(b->db->fd) < 0)
         return -errno;
     int rc = mark_save(b, id, last, 1);
     if (rc == 0 && fsync(b->l->capdir_fd) < 0)
@@ -491,13 +559,15 @@ static void sync_all(struct dbm_livedb *l)
         pthread_mutex_lock(&b->mu);
         uint64_t last = 0, id = tl_id_of(b, &last);
         int fd = -1;
-        if (id && b->db && b->db->fd >= 0 && !b->wal_mode && last > b->synced_txid)
+        last = sync_target(b, last);
+        if (id && b->db && b->db->fd >= 0 && last > b->synced_txid)
             fd = dup(b->db->fd);
         pthread_mutex_unlock(&b->mu);
         if (fd < 0)
             continue;
-        /* the file held txid last when we looked; the sync runs without the
-         * base's lock so that commits go on meanwhile */
+        /* the file held txid last when we looked (later writes are of pages
+         * later transactions wrote: a repair rewrites those anyway); the sync
+         * runs without the base's lock so that commits go on meanwhile */
         int rc = fdatasync(fd) < 0 ? -errno : 0;
         close(fd);
         pthread_mutex_lock(&b->mu);

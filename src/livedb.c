@@ -568,7 +568,7 @@ out:
 int dbm_livedb_fsync(struct dbm_dbhandle *h, int datasync)
 {
     struct dbfile *f = h->f;
-    if (f->kind == DBM_SQLFILE_DB || f->kind == DBM_SQLFILE_JOURNAL) {
+    if (f->kind == DBM_SQLFILE_DB || f->kind == DBM_SQLFILE_JOURNAL || f->kind == DBM_SQLFILE_WAL) {
         struct base *b = f->base;
         int real = 1;
         pthread_mutex_lock(&b->mu);

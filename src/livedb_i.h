@@ -72,6 +72,7 @@ struct base {
     int legacy;               /* this transaction writes through, every sync honoured */
     int mark_fd;              /* capture/<name>.synced, -1 until first used */
     uint64_t synced_txid;     /* the database file is durable up to this txid */
+    uint64_t wal_base_txid;   /* WAL mode: the file holds this txid's state for every page no later txid wrote */
     /* reports */
     enum jmode mode;
     uint64_t captured;        /* commits recorded by this daemon run */
@@ -148,8 +149,13 @@ int dbm_dur_go_legacy(struct base *b);
 int dbm_dur_fsync(struct base *b, struct dbfile *f, int *real);
 int dbm_dur_timeline_new(struct base *b, uint64_t tl_id);
 void dbm_dur_forget(struct base *b);              /* history dropped: its marker goes */
+/* WAL mode: every frame is checkpointed (a new WAL generation, the WAL
+ * truncated or removed): the file holds the last recorded txid. */
+void dbm_dur_wal_restarted(struct base *b);
 /* Start-up, timeline attached: repairs the file from the store if this
- * protocol wrote it (*done: then a leftover journal must go). */
+ * protocol wrote it. *done: DBM_DUR_FILE_REPAIRED (a leftover journal must
+ * go), DBM_DUR_WAL_STALE (so must the WAL: a power loss may have torn it). */
+enum { DBM_DUR_FILE_REPAIRED = 1, DBM_DUR_WAL_STALE = 2 };
 int dbm_dur_recover(struct base *b, int *done);
 /* Start-up of a database SQLite's own protocol wrote: start the marker. */
 int dbm_dur_recover_legacy_done(struct base *b);

@@ -1,8 +1,11 @@
-"""One durable write per commit (rollback modes): the database file holds
-committed states only, is synced in the background, and is repaired from the
-history after a power loss (issue: the backup engine)."""
+"""One durable write per commit: in the rollback modes the database file
+holds committed states only, in WAL mode the WAL is not synced; the file is
+synced in the background and repaired from the history after a power loss
+(issue: the backup engine)."""
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -141,3 +144,92 @@ def test_switch_to_wal_and_back_survives_a_crash(new_mount, monkeypatch):
     m.start()
     assert [int(x) for x in sql(db, "SELECT v FROM t ORDER BY id;").stdout.split()] == [1, 2, 3, 4]
     assert integrity(db) == "ok"
+
+
+WAL_WRITER = r"""
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("pragma journal_mode=wal")
+c.execute("pragma synchronous=" + sys.argv[2])
+for i in range(40):
+    c.execute("begin")
+    c.execute("insert into t(v) values (randomblob(3000))")
+    c.execute("update t set v = randomblob(100) where id = 1 + abs(random()) % 200")
+    c.execute("commit")
+    if i == 20:  # some frames reach the database file, unsynced
+        c.execute("pragma wal_checkpoint(passive)")
+print(c.execute("select count(*) from t").fetchone()[0], flush=True)
+sys.stdin.read()  # holds the connection, and so the WAL, until killed
+"""
+
+
+@pytest.mark.parametrize("sync", ["FULL", "NORMAL"])
+@pytest.mark.parametrize("loss", ["none_reached_disk", "some_reached_disk"])
+def test_wal_power_loss_is_repaired_from_the_history(new_mount, monkeypatch, sync, loss):
+    """WAL mode syncs neither the WAL nor the checkpoints. A power loss is
+    simulated after kill -9: the database file is put back to what was last
+    synced (or a page-by-page mix), the WAL torn to a prefix of its frames, and
+    the daemon restarts as in a new boot. Every transaction the writer saw
+    committed must be there; a WAL prefix must not roll any of them back."""
+    monkeypatch.setenv("DBMOVEFS_SYNC_INTERVAL_MS", NEVER)
+    m = new_mount()
+    db = m.p("prod", "db", "w.db")
+    sql(db, "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);"
+            "INSERT INTO t(v) SELECT randomblob(300) FROM generate_series(1, 200);")
+    m.stop()  # the last connection removed the WAL, the stop synced the file
+    synced = pages(backing(m, "w.db"))
+    m.start()
+    w = subprocess.Popen([sys.executable, "-c", WAL_WRITER, db, sync], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE)
+    try:
+        seen = int(w.stdout.readline())
+    finally:
+        m.crash()
+        w.kill()
+        w.wait()
+    assert seen == 240
+    now = pages(backing(m, "w.db"))
+    if loss == "none_reached_disk":
+        lost = synced
+    else:
+        lost = [(synced[i] if i < len(synced) and i % 2 else now[i]) for i in range(len(now))]
+    with open(backing(m, "w.db"), "wb") as f:
+        f.write(b"".join(lost))
+    wal = open(backing(m, "w.db-wal"), "rb").read()
+    frames = (len(wal) - 32) // (24 + 4096)
+    assert frames > 20
+    with open(backing(m, "w.db-wal"), "wb") as f:  # a prefix of the frames, then a torn one
+        f.write(wal[:32 + (frames // 3) * (24 + 4096)] + os.urandom(1000))
+    monkeypatch.setenv("DBMOVEFS_BOOT_ID", "the-next-boot")
+    m.start()
+    assert count(db) == seen
+    assert integrity(db) == "ok"
+    log = m.read_log()
+    assert "removed the WAL left by a reboot" in log
+    m.stop()
+    # the next start of the same boot trusts what it finds
+    m.start()
+    assert count(db) == seen and integrity(db) == "ok"
+
+
+def test_wal_crash_in_the_same_boot_resumes_from_the_wal(new_mount, monkeypatch):
+    """kill -9 without a reboot: the page cache kept the WAL, so the restart
+    keeps it (SQLite's own recovery reads it) and no rebuild is needed."""
+    monkeypatch.setenv("DBMOVEFS_SYNC_INTERVAL_MS", NEVER)
+    m = new_mount()
+    db = m.p("prod", "db", "w.db")
+    sql(db, "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);"
+            "INSERT INTO t(v) SELECT randomblob(300) FROM generate_series(1, 200);")
+    w = subprocess.Popen([sys.executable, "-c", WAL_WRITER, db, "FULL"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE)
+    try:
+        seen = int(w.stdout.readline())
+    finally:
+        m.crash()
+        w.kill()
+        w.wait()
+    assert os.path.exists(backing(m, "w.db-wal"))
+    m.start()
+    assert count(db) == seen and integrity(db) == "ok"
+    log = m.read_log()
+    assert "removed the WAL" not in log and "rewrote" not in log
