@@ -641,6 +641,29 @@ static int drop_file(struct base *b, struct dbfile **slot, const char *why)
     return 0;
 }
 
+enum { SUPER_NONE, SUPER_PENDING, SUPER_COMMITTED };
+
+/* Whether the journal left at start-up belongs to a multi-database
+ * transaction (it names a super-journal), and if so whether SQLite committed
+ * it: by SQLite's rule, exactly when the super-journal is gone. */
+static int journal_super(struct base *b)
+{
+    struct stat st;
+    uint8_t tail[16];
+    char name[4096];
+    if (!b->journal || dbm_cap_ensure_fd(b->l, b->journal) < 0 || fstat(b->journal->fd, &st) < 0 || st.st_size < 20 ||
+        dbm_pread_all(b->journal->fd, tail, sizeof tail, st.st_size - 16) != sizeof tail ||
+        !dbm_journal_names_super(tail, (uint64_t)st.st_size))
+        return SUPER_NONE;
+    uint32_t len = be32(tail);
+    if (len >= sizeof name || dbm_pread_all(b->journal->fd, name, len, st.st_size - 16 - len) != (ssize_t)len)
+        return SUPER_NONE;
+    name[len] = 0;
+    const char *base = strrchr(name, '/');
+    base = base ? base + 1 : name;
+    return faccessat(b->l->dirfd, base, F_OK, 0) == 0 ? SUPER_PENDING : SUPER_COMMITTED;
+}
+
 static int drop_journal(struct base *b, const char *why)
 {
     b->journal_active = 0;
@@ -808,11 +831,17 @@ static int recover_capture(struct base *b)
         if (ts.last_txid && dbm_tl_read_page(b->tl, ts.last_txid, 1, p1) == 0)
             b->last_counter = be32(p1 + 24);
         free(p1);
-        int repaired = 0;
+        int repaired = 0, sup = journal_super(b);
+        if (sup == SUPER_COMMITTED &&
+            (rc = drop_journal(b, "finished a multi-database transaction SQLite committed before a crash (removed "
+                                  "its journal; the file is recorded as it stands)")) < 0)
+            return rc;
         /* a journal beside a repaired file: its transaction either never
-         * reached the file or is recorded, so nothing may roll it back */
-        if ((rc = dbm_dur_recover(b, &repaired)) < 0 ||
-            ((repaired & DBM_DUR_FILE_REPAIRED) &&
+         * reached the file or is recorded, so nothing may roll it back;
+         * except a multi-database one still pending, which wrote through
+         * (SQLite's own protocol) and rolls back on the next open */
+        if ((rc = dbm_dur_recover(b, sup == SUPER_COMMITTED, &repaired)) < 0 ||
+            ((repaired & DBM_DUR_FILE_REPAIRED) && sup != SUPER_PENDING &&
              (rc = drop_journal(b, "removed the journal a crash left (the file is repaired from the history)")) < 0))
             return rc;
         /* after a reboot the WAL may be torn, and what it held that any

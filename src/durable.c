@@ -478,7 +478,7 @@ out:
     return rc;
 }
 
-int dbm_dur_recover(struct base *b, int *done)
+int dbm_dur_recover(struct base *b, int sqlite_synced, int *done)
 {
     *done = 0;
     char path[4096];
@@ -508,8 +508,8 @@ int dbm_dur_recover(struct base *b, int *done)
         b->synced_txid = b->wal_base_txid = from == UINT64_MAX ? 0 : from;
         return 0;
     }
-    if (from != UINT64_MAX && from >= last) {
-        b->synced_txid = last;
+    if ((from != UINT64_MAX && from >= last) || sqlite_synced) {
+        b->synced_txid = from == UINT64_MAX ? 0 : from > last ? last : from;
     } else {
         if ((rc = dbm_cap_ensure_fd(b->l, b->db)) < 0 || (rc = repair(b, from, last, ts.page_size, ts.db_pages)) < 0)
             return rc;

@@ -153,10 +153,11 @@ void dbm_dur_forget(struct base *b);              /* history dropped: its marker
  * truncated or removed): the file holds the last recorded txid. */
 void dbm_dur_wal_restarted(struct base *b);
 /* Start-up, timeline attached: repairs the file from the store if this
- * protocol wrote it. *done: DBM_DUR_FILE_REPAIRED (a leftover journal must
+ * protocol wrote it, unless sqlite_synced (a transaction SQLite's own
+ * protocol committed and synced, not yet recorded, is in the file). *done: DBM_DUR_FILE_REPAIRED (a leftover journal must
  * go), DBM_DUR_WAL_STALE (so must the WAL: a power loss may have torn it). */
 enum { DBM_DUR_FILE_REPAIRED = 1, DBM_DUR_WAL_STALE = 2 };
-int dbm_dur_recover(struct base *b, int *done);
+int dbm_dur_recover(struct base *b, int sqlite_synced, int *done);
 /* Start-up of a database SQLite's own protocol wrote: start the marker. */
 int dbm_dur_recover_legacy_done(struct base *b);
 void dbm_dur_stop(struct dbm_livedb *l);          /* and syncs everything */
