@@ -163,6 +163,19 @@ sys.stdin.read()  # holds the connection, and so the WAL, until killed
 """
 
 
+def write_wal_then_crash(m, db, sync):
+    """Runs WAL_WRITER, then kill -9s the daemon while it holds the WAL open;
+    returns the row count the writer saw committed."""
+    w = subprocess.Popen([sys.executable, "-c", WAL_WRITER, db, sync], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE)
+    try:
+        return int(w.stdout.readline())
+    finally:
+        m.crash()
+        w.kill()
+        w.wait()
+
+
 @pytest.mark.parametrize("sync", ["FULL", "NORMAL"])
 @pytest.mark.parametrize("loss", ["none_reached_disk", "some_reached_disk"])
 def test_wal_power_loss_is_repaired_from_the_history(new_mount, monkeypatch, sync, loss):
@@ -179,14 +192,7 @@ def test_wal_power_loss_is_repaired_from_the_history(new_mount, monkeypatch, syn
     m.stop()  # the last connection removed the WAL, the stop synced the file
     synced = pages(backing(m, "w.db"))
     m.start()
-    w = subprocess.Popen([sys.executable, "-c", WAL_WRITER, db, sync], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE)
-    try:
-        seen = int(w.stdout.readline())
-    finally:
-        m.crash()
-        w.kill()
-        w.wait()
+    seen = write_wal_then_crash(m, db, sync)
     assert seen == 240
     now = pages(backing(m, "w.db"))
     if loss == "none_reached_disk":
@@ -220,14 +226,7 @@ def test_wal_crash_in_the_same_boot_resumes_from_the_wal(new_mount, monkeypatch)
     db = m.p("prod", "db", "w.db")
     sql(db, "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);"
             "INSERT INTO t(v) SELECT randomblob(300) FROM generate_series(1, 200);")
-    w = subprocess.Popen([sys.executable, "-c", WAL_WRITER, db, "FULL"], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE)
-    try:
-        seen = int(w.stdout.readline())
-    finally:
-        m.crash()
-        w.kill()
-        w.wait()
+    seen = write_wal_then_crash(m, db, "FULL")
     assert os.path.exists(backing(m, "w.db-wal"))
     m.start()
     assert count(db) == seen and integrity(db) == "ok"
