@@ -483,6 +483,54 @@ static void *reader(void *arg)
     return NULL;
 }
 
+/* A store with one timeline, an oracle of ntx transactions (not yet
+ * committed) and four readers checking the timeline while the test commits
+ * them; committing starts as given (UINT64_MAX: no commit-order checks).
+ * conc_finish stops the readers, checks what they and the test saw, and
+ * frees it all. r must stay in place meanwhile (the readers point into it). */
+struct conc_run {
+    struct dbm_store *s;
+    struct conc c;
+    struct oracle o;
+    pthread_t th[4];
+    struct reader_arg ra[4];
+};
+
+static void conc_start(struct conc_run *r, const char *name, uint64_t *rng, int ntx, uint64_t committing,
+                       uint64_t reader_seed)
+{
+    char dir[256];
+    uint64_t id;
+    memset(r, 0, sizeof *r);
+    r->s = store_new(name, 32 * 1024, 128 * 1024, dir);
+    CHECK_EQ_INT(dbm_tl_create(r->s, PS, 0, 0, &id), 0);
+    r->c.committing = committing;
+    CHECK_EQ_INT(dbm_tl_open(r->s, id, &r->c.t), 0);
+    oracle_init(&r->o, NULL, 0);
+    for (int i = 0; i < ntx; i++)
+        oracle_gen(&r->o, rng);
+    r->c.o = &r->o;
+    for (int i = 0; i < 4; i++) {
+        r->ra[i] = (struct reader_arg){ &r->c, reader_seed + (uint64_t)i };
+        pthread_create(&r->th[i], NULL, reader, &r->ra[i]);
+    }
+}
+
+/* bad: the test's own failures while committing. */
+static void conc_finish(struct conc_run *r, int bad)
+{
+    __atomic_store_n(&r->c.stop, 1, __ATOMIC_RELAXED);
+    for (int i = 0; i < 4; i++)
+        pthread_join(r->th[i], NULL);
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(r->c.bad, 0);
+    CHECK(r->c.reads > 100);
+    CHECK_EQ_INT(check_all(r->c.t, &r->o, 1), 0);
+    dbm_tl_close(r->c.t);
+    dbm_store_close(r->s);
+    oracle_free(&r->o);
+}
+
 /* ---- the runner ---- */
 
 struct fixture_test {

@@ -459,38 +459,13 @@ static void test_faults(void)
 
 static void test_concurrent(void)
 {
-    char dir[256];
-    struct dbm_store *s = store_new("conc", 32 * 1024, 128 * 1024, dir);
-    uint64_t id;
-    struct oracle o;
+    struct conc_run r;
     uint64_t rng = 2024;
-    CHECK_EQ_INT(dbm_tl_create(s, PS, 0, 0, &id), 0);
-    struct conc c = { 0 };
-    c.committing = UINT64_MAX;
-    CHECK_EQ_INT(dbm_tl_open(s, id, &c.t), 0);
-    oracle_init(&o, NULL, 0);
-    for (int i = 0; i < 800; i++)
-        oracle_gen(&o, &rng);
-    c.o = &o;
-    pthread_t th[4];
-    struct reader_arg ra[4];
-    for (int i = 0; i < 4; i++) {
-        ra[i] = (struct reader_arg){ &c, 100 + (uint64_t)i };
-        pthread_create(&th[i], NULL, reader, &ra[i]);
-    }
+    conc_start(&r, "conc", &rng, 800, UINT64_MAX, 100);
     int bad = 0;
-    for (size_t i = 1; i < o.n; i++)
-        bad += apply(c.t, &o, i) != 0;
-    __atomic_store_n(&c.stop, 1, __ATOMIC_RELAXED);
-    for (int i = 0; i < 4; i++)
-        pthread_join(th[i], NULL);
-    CHECK_EQ_INT(bad, 0);
-    CHECK_EQ_INT(c.bad, 0);
-    CHECK(c.reads > 100);
-    CHECK_EQ_INT(check_all(c.t, &o, 1), 0);
-    dbm_tl_close(c.t);
-    dbm_store_close(s);
-    oracle_free(&o);
+    for (size_t i = 1; i < r.o.n; i++)
+        bad += apply(r.c.t, &r.o, i) != 0;
+    conc_finish(&r, bad);
 }
 
 int main(void)

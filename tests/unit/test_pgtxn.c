@@ -412,50 +412,28 @@ static void test_stream_crash(void)
 /* Readers during long streamed transactions never see them before commit. */
 static void test_stream_concurrent(void)
 {
-    char dir[256];
-    struct dbm_store *s = store_new("sconc", 32 * 1024, 128 * 1024, dir);
-    uint64_t id, rng = 77;
-    struct oracle o;
-    CHECK_EQ_INT(dbm_tl_create(s, PS, 0, 0, &id), 0);
-    struct conc c = { 0 };
-    CHECK_EQ_INT(dbm_tl_open(s, id, &c.t), 0);
-    oracle_init(&o, NULL, 0);
-    for (int i = 0; i < 300; i++)
-        oracle_gen(&o, &rng);
-    c.o = &o;
-    pthread_t th[4];
-    struct reader_arg ra[4];
-    for (int i = 0; i < 4; i++) {
-        ra[i] = (struct reader_arg){ &c, 300 + (uint64_t)i };
-        pthread_create(&th[i], NULL, reader, &ra[i]);
-    }
+    struct conc_run r;
+    uint64_t rng = 77;
+    conc_start(&r, "sconc", &rng, 300, 0, 300);
+    struct oracle *o = &r.o;
     int bad = 0;
     uint8_t buf[PS];
-    for (size_t i = 1; i < o.n; i++) {
+    for (size_t i = 1; i < o->n; i++) {
         if (i % 2) {
-            __atomic_store_n(&c.committing, o.base + i, __ATOMIC_RELEASE);
-            bad += apply(c.t, &o, i) != 0;
+            __atomic_store_n(&r.c.committing, o->base + i, __ATOMIC_RELEASE);
+            bad += apply(r.c.t, o, i) != 0;
             continue;
         }
         struct swrite plan[600 + MAXP];
-        size_t n = stream_plan(&o, i, &rng, i % 50 ? 60 : 600, plan);
+        size_t n = stream_plan(o, i, &rng, i % 50 ? 60 : 600, plan);
         struct dbm_tl_txn *x;
-        bad += dbm_tl_txn_begin(c.t, &x) != 0;
+        bad += dbm_tl_txn_begin(r.c.t, &x) != 0;
         bad += stream_add(x, plan, n, &rng, 4) != 0;
-        bad += dbm_tl_read_page(c.t, o.base + i, 1, buf) != -ERANGE;
-        __atomic_store_n(&c.committing, o.base + i, __ATOMIC_RELEASE);
-        bad += dbm_tl_txn_commit(x, o.ns[i], o.dbp[i], NULL) != 0;
+        bad += dbm_tl_read_page(r.c.t, o->base + i, 1, buf) != -ERANGE;
+        __atomic_store_n(&r.c.committing, o->base + i, __ATOMIC_RELEASE);
+        bad += dbm_tl_txn_commit(x, o->ns[i], o->dbp[i], NULL) != 0;
     }
-    __atomic_store_n(&c.stop, 1, __ATOMIC_RELAXED);
-    for (int i = 0; i < 4; i++)
-        pthread_join(th[i], NULL);
-    CHECK_EQ_INT(bad, 0);
-    CHECK_EQ_INT(c.bad, 0);
-    CHECK(c.reads > 100);
-    CHECK_EQ_INT(check_all(c.t, &o, 1), 0);
-    dbm_tl_close(c.t);
-    dbm_store_close(s);
-    oracle_free(&o);
+    conc_finish(&r, bad);
 }
 
 /* Peak RSS (VmHWM) in KiB; with reset, resets the peak to the current RSS
