@@ -643,22 +643,32 @@ static int drop_file(struct base *b, struct dbfile **slot, const char *why)
 
 enum { SUPER_NONE, SUPER_PENDING, SUPER_COMMITTED };
 
+int dbm_cap_journal_super(struct base *b, char *name, size_t n)
+{
+    struct stat st;
+    uint8_t tail[16];
+    int fd = b->journal ? b->journal->fd : -1;
+    if (fd < 0 || fstat(fd, &st) < 0 || st.st_size < 20 ||
+        dbm_pread_all(fd, tail, sizeof tail, st.st_size - 16) != sizeof tail ||
+        !dbm_journal_names_super(tail, (uint64_t)st.st_size))
+        return 0;
+    if (!name)
+        return 1;
+    uint32_t len = be32(tail);
+    if (len >= n || dbm_pread_all(fd, name, len, st.st_size - 16 - len) != (ssize_t)len)
+        return 0;
+    name[len] = 0;
+    return 1;
+}
+
 /* Whether the journal left at start-up belongs to a multi-database
  * transaction (it names a super-journal), and if so whether SQLite committed
  * it: by SQLite's rule, exactly when the super-journal is gone. */
 static int journal_super(struct base *b)
 {
-    struct stat st;
-    uint8_t tail[16];
     char name[4096];
-    if (!b->journal || dbm_cap_ensure_fd(b->l, b->journal) < 0 || fstat(b->journal->fd, &st) < 0 || st.st_size < 20 ||
-        dbm_pread_all(b->journal->fd, tail, sizeof tail, st.st_size - 16) != sizeof tail ||
-        !dbm_journal_names_super(tail, (uint64_t)st.st_size))
+    if (!b->journal || dbm_cap_ensure_fd(b->l, b->journal) < 0 || !dbm_cap_journal_super(b, name, sizeof name))
         return SUPER_NONE;
-    uint32_t len = be32(tail);
-    if (len >= sizeof name || dbm_pread_all(b->journal->fd, name, len, st.st_size - 16 - len) != (ssize_t)len)
-        return SUPER_NONE;
-    name[len] = 0;
     const char *base = strrchr(name, '/');
     base = base ? base + 1 : name;
     return faccessat(b->l->dirfd, base, F_OK, 0) == 0 ? SUPER_PENDING : SUPER_COMMITTED;

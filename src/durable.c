@@ -389,18 +389,6 @@ int dbm_dur_go_legacy(struct base *b)
     return 0;
 }
 
-/* 1 if the journal ends with a super-journal record. */
-static int names_super(struct base *b)
-{
-    struct stat st;
-    uint8_t tail[16];
-    int fd = b->journal ? b->journal->fd : -1;
-    if (fd < 0 || fstat(fd, &st) < 0 || st.st_size < 20 ||
-        dbm_pread_all(fd, tail, sizeof tail, st.st_size - 16) != sizeof tail)
-        return 0;
-    return dbm_journal_names_super(tail, (uint64_t)st.st_size);
-}
-
 int dbm_dur_fsync(struct base *b, struct dbfile *f, int *real)
 {
     *real = 1;
@@ -409,7 +397,7 @@ int dbm_dur_fsync(struct base *b, struct dbfile *f, int *real)
     if (f->kind == DBM_SQLFILE_JOURNAL && b->journal == f) {
         if (b->legacy)
             return 0;
-        if (names_super(b))
+        if (dbm_cap_journal_super(b, NULL, 0))
             return dbm_dur_go_legacy(b); /* and the caller syncs the journal */
         *real = 0;
     } else if (f->kind == DBM_SQLFILE_DB && b->db == f) {

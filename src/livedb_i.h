@@ -125,6 +125,9 @@ int dbm_cap_recover(struct base *b);
 void dbm_cap_forget_history(struct base *b, uint64_t now_ns); /* database removed */
 void dbm_cap_free(struct base *b);
 int dbm_cap_ensure_fd(struct dbm_livedb *l, struct dbfile *f);
+/* 1 if the journal (open) ends with a super-journal record; name (if not
+ * NULL): that super-journal's path as SQLite wrote it. */
+int dbm_cap_journal_super(struct base *b, char *name, size_t n);
 /* capture/<name>.<ext>: the database's files beside the capture cursor. */
 void dbm_cap_path(const struct base *b, const char *ext, char *out, size_t n);
 
