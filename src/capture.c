@@ -135,6 +135,7 @@ void dbm_cap_free(struct base *b)
     b->tl = NULL;
     free(b->dirty_bits);
     free(b->dirty);
+    free(b->wv.refs);
     if (b->cursor_fd >= 0)
         close(b->cursor_fd);
     if (b->sh_fd >= 0)
@@ -465,10 +466,75 @@ static int cursor_load(struct base *b, struct walpos *p)
     return 0;
 }
 
-void dbm_cap_wal_reset(struct base *b)
+/* ---- WAL frames checked as they are written (struct walval) ---- */
+
+static void wv_reset(struct base *b)
 {
-    b->wal_ok = 0;
-    dbm_dur_wal_restarted(b); /* truncated or removed: SQLite checkpointed every frame first */
+    struct walval *v = &b->wv;
+    v->live = b->wal_ok;
+    v->salt1 = b->wh.salt1;
+    v->salt2 = b->wh.salt2;
+    v->start = v->end = b->next_frame;
+    v->ck = b->ck;
+    v->commit_pages = 0;
+}
+
+/* b->wv, made to describe the current generation from next_frame if it does
+ * not (a capture moved next_frame, a new generation, a drop). */
+static struct walval *wv_get(struct base *b)
+{
+    struct walval *v = &b->wv;
+    if (!v->live || v->start != b->next_frame || v->salt1 != b->wh.salt1 || v->salt2 != b->wh.salt2)
+        wv_reset(b);
+    return v;
+}
+
+/* The file changed in frames [first, last]: what was checked there is void. */
+static void wv_drop(struct base *b, uint64_t first, uint64_t last)
+{
+    struct walval *v = &b->wv;
+    if (v->live && first < v->end && last >= v->start)
+        v->live = 0;
+}
+
+/* Bytes [off, off + size) of the WAL changed: the kept header is void if they
+ * overlap it. */
+static void wv_drop_hdr(struct base *b, uint64_t off, uint64_t size)
+{
+    struct walval *v = &b->wv;
+    uint64_t h = dbm_wal_frame_off(b->wh.page_size, v->hdr_frame);
+    if (v->have_hdr && off < h + DBM_WAL_FRAME_HDR_SIZE && off + size > h)
+        v->have_hdr = 0;
+}
+
+/* Checks frame v->end (header hdr, page data page) against the chain and
+ * adds it: 1 if it is valid, 0 if not (or frame end - 1 already commits). */
+static int wv_add(struct base *b, struct walval *v, const uint8_t *hdr, const uint8_t *page)
+{
+    struct dbm_walck ck = v->ck;
+    struct dbm_walframe fr;
+    if (v->commit_pages || dbm_walframe_check_parts(hdr, page, b->wh.page_size, &b->wh, &ck, &fr) < 0)
+        return 0;
+    size_t n = (size_t)(v->end - v->start);
+    int rc = dbm_grow((void **)&v->refs, &v->cap, n + 1, sizeof *v->refs);
+    if (rc < 0)
+        return rc;
+    v->refs[n].pgno = fr.pgno;
+    v->refs[n].idx = (uint32_t)n;
+    v->end++;
+    v->ck = ck;
+    v->commit_pages = fr.commit_pages;
+    return 1;
+}
+
+void dbm_cap_wal_truncated(struct base *b, uint64_t size)
+{
+    b->wv.live = b->wv.have_hdr = 0;
+    b->wv.page_frame = 0;
+    if (size == 0) {
+        b->wal_ok = 0;
+        dbm_dur_wal_restarted(b); /* truncated or removed: SQLite checkpointed every frame first */
+    }
 }
 
 /* (Re)reads the WAL header; a new generation starts capture at frame 0.
@@ -487,18 +553,15 @@ static int wal_header(struct base *b)
     dbm_walck_init(&b->ck, &h);
     b->next_frame = 0;
     b->wal_ok = 1;
+    b->wv.live = b->wv.have_hdr = 0;
+    b->wv.page_frame = 0;
     cursor_save(b);
     return 1;
 }
 
-struct frameref {
-    uint32_t pgno;
-    uint32_t idx;    /* frame number relative to next_frame */
-};
-
-static int frameref_cmp(const void *a, const void *b)
+static int walref_cmp(const void *a, const void *b)
 {
-    const struct frameref *x = a, *y = b;
+    const struct walref *x = a, *y = b;
     if (x->pgno != y->pgno)
         return x->pgno < y->pgno ? -1 : 1;
     return x->idx < y->idx ? 1 : x->idx > y->idx ? -1 : 0; /* later frames first */
@@ -506,76 +569,71 @@ static int frameref_cmp(const void *a, const void *b)
 
 /* Captures the next committed transaction of the WAL, if its frames are
  * complete and valid up to a commit frame at index <= limit. 1 if one was
- * recorded, 0 if none is complete, -errno. Two passes over the frames (they
- * are in the page cache): validate the checksum chain keeping only page
- * numbers, then record the last frame of each page a batch at a time. */
+ * recorded, 0 if none is complete, -errno. Frames not yet checked as they
+ * were written are read and checked first (page numbers kept); then the last
+ * frame of each page is read and recorded, a batch at a time. */
 static int wal_capture_one(struct base *b, uint64_t limit)
 {
     uint32_t ps = b->wh.page_size;
     size_t fsz = DBM_WAL_FRAME_HDR_SIZE + ps;
-    struct dbm_walck ck = b->ck;
-    size_t cap = 64, n = 0;
-    struct frameref *refs = malloc(cap * sizeof *refs);
-    uint8_t *frame = malloc(fsz);
+    struct walval *v = wv_get(b);
     int rc = 0;
-    uint32_t commit_pages = 0;
-    if (!refs || !frame) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    for (uint64_t i = b->next_frame; i <= limit; i++) {
-        if (dbm_pread_all(b->wal->fd, frame, fsz, (off_t)dbm_wal_frame_off(ps, i)) != (ssize_t)fsz)
-            goto out; /* not written yet */
-        struct dbm_walframe fr;
-        if (dbm_walframe_check(frame, ps, &b->wh, &ck, &fr) < 0)
-            goto out; /* not complete (or a later generation's leftovers) */
-        if ((rc = dbm_grow((void **)&refs, &cap, n + 1, sizeof *refs)) < 0)
-            goto out;
-        refs[n].pgno = fr.pgno;
-        refs[n].idx = (uint32_t)n;
-        n++;
-        if (fr.commit_pages) {
-            commit_pages = fr.commit_pages;
-            break;
+    if (!v->commit_pages && v->end <= limit) {
+        uint8_t *frame = malloc(fsz);
+        if (!frame)
+            return -ENOMEM;
+        for (uint64_t i = v->end; !v->commit_pages && i <= limit; i++) {
+            if (dbm_pread_all(b->wal->fd, frame, fsz, (off_t)dbm_wal_frame_off(ps, i)) != (ssize_t)fsz)
+                break; /* not written yet */
+            if ((rc = wv_add(b, v, frame, frame + DBM_WAL_FRAME_HDR_SIZE)) != 1)
+                break; /* not complete (or a later generation's leftovers) */
         }
+        free(frame);
+        if (rc < 0)
+            return rc;
     }
-    if (!commit_pages)
-        goto out;
+    if (!v->commit_pages)
+        return 0;
     /* the last frame of each page wins; pages past the new size are dropped */
-    qsort(refs, n, sizeof *refs, frameref_cmp);
+    size_t n = (size_t)(v->end - v->start);
+    uint32_t commit_pages = v->commit_pages;
+    qsort(v->refs, n, sizeof *v->refs, walref_cmp);
+    v->live = 0; /* refs are sorted now: whatever happens, check again */
     struct batch bt;
     uint8_t page1[100];
     int have1 = 0;
     if ((rc = batch_begin(&bt, b, ps)) < 0)
-        goto out_batch;
+        goto out;
     for (size_t i = 0; i < n; i++) {
-        if ((i > 0 && refs[i].pgno == refs[i - 1].pgno) || refs[i].pgno > commit_pages)
+        if ((i > 0 && v->refs[i].pgno == v->refs[i - 1].pgno) || v->refs[i].pgno > commit_pages)
             continue;
-        off_t off = (off_t)dbm_wal_frame_off(ps, b->next_frame + refs[i].idx) + DBM_WAL_FRAME_HDR_SIZE;
+        off_t off = (off_t)dbm_wal_frame_off(ps, v->start + v->refs[i].idx) + DBM_WAL_FRAME_HDR_SIZE;
         uint8_t *slot = batch_slot(&bt);
         if (dbm_pread_all(b->wal->fd, slot, ps, off) != (ssize_t)ps) {
             rc = -EIO;
-            goto out_batch;
+            goto out;
         }
-        if (refs[i].pgno == 1) {
+        if (v->refs[i].pgno == 1) {
             memcpy(page1, slot, sizeof page1);
             have1 = 1;
         }
-        if ((rc = batch_push(&bt, refs[i].pgno)) < 0)
-            goto out_batch;
+        if ((rc = batch_push(&bt, v->refs[i].pgno)) < 0)
+            goto out;
     }
     if ((rc = batch_commit(&bt, commit_pages, have1 ? page1 : NULL)) == 0) {
-        b->ck = ck;
-        b->next_frame += n;
+        b->ck = v->ck;
+        b->next_frame = v->end;
         b->mode = JM_WAL;
         cursor_save(b);
         rc = 1;
     }
-out_batch:
-    batch_end(&bt);
 out:
-    free(refs);
-    free(frame);
+    batch_end(&bt);
+    if (v->cap > 4096) { /* a big transaction's list: not kept for the small ones */
+        free(v->refs);
+        v->refs = NULL;
+        v->cap = 0;
+    }
     return rc;
 }
 
@@ -585,12 +643,17 @@ static void wal_unsign(struct base *b, uint64_t frame)
 {
     static const uint8_t zero[8];
     uint64_t off = dbm_wal_frame_off(b->wh.page_size, frame) + 8; /* salt-1, salt-2 */
+    wv_drop(b, frame, frame);
+    wv_drop_hdr(b, off, sizeof zero);
     if (dbm_pwrite_all(b->wal->fd, zero, sizeof zero, (off_t)off) < 0)
         dbm_err("%s/%s: cannot invalidate WAL frame %llu after a failed capture: %s", b->l->env, b->name,
                 (unsigned long long)frame, strerror(errno));
 }
 
-int dbm_cap_wal_written(struct base *b, off_t off, size_t size)
+/* SQLite writes a frame as its 24-byte header, then its page: the header is
+ * kept, and the page's write checks the frame from the two buffers. Any
+ * other shape of write is checked from the file when a commit frame shows. */
+int dbm_cap_wal_written(struct base *b, const void *buf, off_t off, size_t size)
 {
     if (!b->wal || size == 0)
         return 0;
@@ -606,15 +669,48 @@ int dbm_cap_wal_written(struct base *b, off_t off, size_t size)
         return 0;
     uint32_t ps = b->wh.page_size;
     uint64_t fsz = DBM_WAL_FRAME_HDR_SIZE + ps;
+    uint64_t first = ((uint64_t)off - DBM_WAL_HDR_SIZE) / fsz;
     uint64_t frame = ((uint64_t)off + size - 1 - DBM_WAL_HDR_SIZE) / fsz;
+    uint64_t foff = dbm_wal_frame_off(ps, frame);
+    const uint8_t *p = buf, *fh = NULL;
+    wv_drop(b, first, frame); /* a frame checked before is rewritten (SQLite does, within a transaction) */
+    wv_drop_hdr(b, (uint64_t)off, size);
     if (frame < b->next_frame)
         return 0;
-    uint8_t fh[DBM_WAL_FRAME_HDR_SIZE];
-    if (dbm_pread_all(b->wal->fd, fh, sizeof fh, (off_t)dbm_wal_frame_off(ps, frame)) != sizeof fh)
-        return 0;
-    if (be32(fh + 4) == 0 || be32(fh + 8) != b->wh.salt1 || be32(fh + 12) != b->wh.salt2)
-        return 0; /* not a commit frame of this generation (yet) */
-    int rc;
+    struct walval *v = wv_get(b);
+    int rc, commits = 0;
+    if ((uint64_t)off == foff && size == DBM_WAL_FRAME_HDR_SIZE) {
+        memcpy(v->hdr, p, sizeof v->hdr);
+        v->hdr_frame = frame;
+        v->have_hdr = 1;
+        if (v->page_frame != frame + 1)
+            return 0; /* its page comes next, and that write tells */
+        fh = p;
+    } else if ((uint64_t)off + size == foff + fsz && frame == v->end &&
+               ((uint64_t)off == foff || ((uint64_t)off == foff + DBM_WAL_FRAME_HDR_SIZE && v->have_hdr &&
+                                          v->hdr_frame == frame))) {
+        /* this write completes the next frame to check */
+        rc = (uint64_t)off == foff ? wv_add(b, v, p, p + DBM_WAL_FRAME_HDR_SIZE) : wv_add(b, v, v->hdr, p);
+        if (rc == 1 && !v->commit_pages)
+            return 0;
+        if (rc < 0)
+            v->live = 0; /* out of memory: checked from the file below */
+        commits = rc == 1;
+    }
+    if ((uint64_t)off <= foff + DBM_WAL_FRAME_HDR_SIZE && (uint64_t)off + size == foff + fsz)
+        v->page_frame = frame + 1; /* if its header is written again, that write may commit */
+    if (!commits) {
+        /* does the frame holding the write's last byte commit? */
+        uint8_t hb[DBM_WAL_FRAME_HDR_SIZE];
+        if ((uint64_t)off <= foff && (uint64_t)off + size >= foff + DBM_WAL_FRAME_HDR_SIZE)
+            fh = p + (foff - (uint64_t)off);
+        else if (!fh && v->have_hdr && v->hdr_frame == frame)
+            fh = v->hdr;
+        else if (!fh && dbm_pread_all(b->wal->fd, hb, sizeof hb, (off_t)foff) == sizeof hb)
+            fh = hb;
+        if (!fh || be32(fh + 4) == 0 || be32(fh + 8) != b->wh.salt1 || be32(fh + 12) != b->wh.salt2)
+            return 0; /* not a commit frame of this generation (yet) */
+    }
     while ((rc = wal_capture_one(b, frame)) == 1)
         ;
     if (rc < 0) {

@@ -454,7 +454,7 @@ int dbm_livedb_unlink(struct dbm_livedb *l, const char *name)
     if (f->kind != DBM_SQLFILE_JOURNAL)
         __atomic_store_n(&l->dir_dirty, 1, __ATOMIC_RELEASE);
     if (f->kind == DBM_SQLFILE_WAL)
-        dbm_cap_wal_reset(b);
+        dbm_cap_wal_truncated(b, 0);
     if (f->kind == DBM_SQLFILE_DB) {
         dbm_dur_discard(b); /* an open transaction's pages: nothing to apply them to */
         dbm_cap_forget_history(b, dbm_now_ns());
@@ -492,8 +492,8 @@ int dbm_livedb_truncate(struct dbm_livedb *l, uint64_t id, uint64_t size, struct
         rc = -errno;
         goto out;
     }
-    if (f->kind == DBM_SQLFILE_WAL && size == 0)
-        dbm_cap_wal_reset(b);
+    if (f->kind == DBM_SQLFILE_WAL)
+        dbm_cap_wal_truncated(b, size);
 out:
     pthread_mutex_unlock(&b->mu);
     if (rc == 0) {
@@ -557,7 +557,7 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
     else if (f->kind == DBM_SQLFILE_JOURNAL)
         rc = dbm_cap_journal_written(b, off, (size_t)ret);
     else if (f->kind == DBM_SQLFILE_WAL)
-        rc = dbm_cap_wal_written(b, off, (size_t)ret);
+        rc = dbm_cap_wal_written(b, buf, off, (size_t)ret);
     if (rc < 0)
         ret = rc;
 out:

@@ -40,6 +40,32 @@ struct dbfile {
 
 enum jmode { JM_UNKNOWN = 0, JM_DELETE, JM_TRUNCATE, JM_PERSIST, JM_WAL };
 
+/* A WAL frame of the transaction being written: its page, and its place
+ * from the transaction's first frame. */
+struct walref {
+    uint32_t pgno;
+    uint32_t idx;
+};
+
+/* The frames of the current WAL generation from next_frame on, checked (salts
+ * and checksum chain) as SQLite writes them so that the commit frame finds
+ * them checked and nothing is read back but the pages recorded (capture.c).
+ * A cache of what the file holds: any write or truncation over a frame it
+ * describes drops it, and capture then checks the frames from the file. */
+struct walval {
+    int live;                 /* describes frames [start, end) of generation salt1, salt2 */
+    uint32_t salt1, salt2;
+    uint64_t start, end;
+    struct dbm_walck ck;      /* checksum after frame end - 1 */
+    struct walref *refs;      /* refs[i]: frame start + i */
+    size_t cap;
+    uint32_t commit_pages;    /* frame end - 1 commits (the database's size in pages), or 0 */
+    int have_hdr;             /* hdr is the header the file holds for frame hdr_frame */
+    uint64_t hdr_frame;
+    uint8_t hdr[DBM_WAL_FRAME_HDR_SIZE];
+    uint64_t page_frame;      /* 1 + the last frame whose page was written before its header (0: none) */
+};
+
 struct base {
     char name[DBM_DB_NAME_MAX + 1];
     struct dbm_livedb *l;
@@ -65,6 +91,7 @@ struct base {
     struct dbm_walck ck;      /* checksum after frame next_frame - 1 */
     uint64_t next_frame;      /* first frame not yet captured */
     int cursor_fd;            /* capture/<name>.walpos, rewritten after each capture */
+    struct walval wv;         /* frames checked as they were written, ahead of their commit */
     /* deferred durability (durable.c) */
     int sh_fd;                /* capture/<name>.shadow, -1 until first used */
     int sh_active;            /* the open transaction's pages are in the shadow (atomic: readers peek) */
@@ -118,8 +145,8 @@ int dbm_cap_db_written(struct base *b, const void *buf, size_t size, off_t off);
 int dbm_cap_db_check_write(struct base *b, off_t off, size_t size);
 int dbm_cap_journal_written(struct base *b, off_t off, size_t size);
 int dbm_cap_journal_commit(struct base *b, enum jmode how);
-int dbm_cap_wal_written(struct base *b, off_t off, size_t size);
-void dbm_cap_wal_reset(struct base *b);
+int dbm_cap_wal_written(struct base *b, const void *buf, off_t off, size_t size);
+void dbm_cap_wal_truncated(struct base *b, uint64_t size);
 /* Start-up: attach the timeline and repair what a crash left. */
 int dbm_cap_recover(struct base *b);
 void dbm_cap_forget_history(struct base *b, uint64_t now_ns); /* database removed */

@@ -191,7 +191,13 @@ void dbm_walck_init(struct dbm_walck *ck, const struct dbm_walhdr *h)
 int dbm_walframe_check(const void *buf, uint32_t page_size, const struct dbm_walhdr *h,
                        struct dbm_walck *ck, struct dbm_walframe *out)
 {
-    const unsigned char *p = buf;
+    return dbm_walframe_check_parts(buf, (const unsigned char *)buf + DBM_WAL_FRAME_HDR_SIZE, page_size, h, ck, out);
+}
+
+int dbm_walframe_check_parts(const void *hdr, const void *page, uint32_t page_size, const struct dbm_walhdr *h,
+                             struct dbm_walck *ck, struct dbm_walframe *out)
+{
+    const unsigned char *p = hdr;
     struct dbm_walframe f;
     uint32_t s1 = ck->s1, s2 = ck->s2;
 
@@ -207,7 +213,7 @@ int dbm_walframe_check(const void *buf, uint32_t page_size, const struct dbm_wal
     if (f.pgno == 0 || f.salt1 != h->salt1 || f.salt2 != h->salt2)
         return -EINVAL;
     wal_cksum(ck->big_endian, p, 8, &s1, &s2);
-    wal_cksum(ck->big_endian, p + DBM_WAL_FRAME_HDR_SIZE, page_size, &s1, &s2);
+    wal_cksum(ck->big_endian, page, page_size, &s1, &s2);
     if (s1 != f.cksum1 || s2 != f.cksum2)
         return -EINVAL;
     ck->s1 = s1;

@@ -84,6 +84,10 @@ void dbm_walck_init(struct dbm_walck *ck, const struct dbm_walhdr *h);
  * part of the current WAL generation. */
 int dbm_walframe_check(const void *buf, uint32_t page_size, const struct dbm_walhdr *h,
                        struct dbm_walck *ck, struct dbm_walframe *out);
+/* The same, with the frame's header and page in separate buffers (as SQLite
+ * writes them: the header, then the page). */
+int dbm_walframe_check_parts(const void *hdr, const void *page, uint32_t page_size, const struct dbm_walhdr *h,
+                             struct dbm_walck *ck, struct dbm_walframe *out);
 
 /* Offset of frame i (0-based) in the WAL file. */
 static inline uint64_t dbm_wal_frame_off(uint32_t page_size, uint64_t i)

@@ -1,6 +1,7 @@
 """Live SQLite databases through the mount, every commit recorded (issue: backup engine)."""
 import filecmp
 import os
+import sqlite3
 import subprocess
 import textwrap
 import time
@@ -86,6 +87,43 @@ def test_rolled_back_transactions_are_never_recorded(new_mount, tmpbase, mode):
     assert sql(db, "SELECT b FROM t; PRAGMA integrity_check;").stdout.split() == ["kept", "ok"]
     m.stop()
     same_as_history(m, "prod", "r.db", tmpbase)
+
+
+def test_wal_frames_rewritten_inside_a_transaction_are_recorded_at_their_commit(new_mount, tmpbase):
+    """With a tiny cache a WAL transaction spills pages, writes some of them
+    again in place and rewrites the frames' headers at commit: frames the
+    daemon checked as they arrived change under it. Each commit is recorded
+    before COMMIT returns (not later, at the checkpoint), and each recorded
+    image holds exactly that commit's rows."""
+    m = new_mount()
+    db = m.p("prod", "db", "w.db")
+    sql(db, "PRAGMA journal_mode=wal; CREATE TABLE t(a INTEGER PRIMARY KEY, b);"
+            "INSERT INTO t SELECT value, printf('0-%0900d', value) FROM generate_series(1, 400);")
+    base = int(db_info(m, "prod", "w.db")["commits"])
+    rounds = 4
+    c = sqlite3.connect(db, isolation_level=None)
+    try:
+        c.execute("PRAGMA cache_size=4")
+        for r in range(1, rounds + 1):
+            # two passes over every row: the second rewrites frames the first spilled
+            c.execute("BEGIN")
+            c.execute("UPDATE t SET b = printf('x-%0700d', a)")
+            c.execute("UPDATE t SET b = printf(?, a)", (f"{r}-%0900d",))
+            c.execute("COMMIT")
+            assert int(db_info(m, "prod", "w.db")["commits"]) == base + r, f"round {r} not recorded at COMMIT"
+        c.execute("BEGIN")
+        c.execute("UPDATE t SET b = 'gone'")
+        c.execute("ROLLBACK")
+        assert int(db_info(m, "prod", "w.db")["commits"]) == base + rounds
+    finally:
+        c.close()
+    assert sql(db, "PRAGMA integrity_check;").stdout.split() == ["ok"]
+    m.stop()
+    for r in range(0, rounds + 1):
+        img = os.path.join(tmpbase, f"w-{r}.img")
+        history_image(m.state, "prod", "w.db", img, at=base + r)
+        out = sql(img, f"SELECT count(*) FROM t WHERE b = printf('{r}-%0900d', a); PRAGMA integrity_check;")
+        assert out.stdout.split() == ["400", "ok"], f"image at commit {base + r}"
 
 
 @pytest.mark.parametrize("mode", ["memory", "off"])
