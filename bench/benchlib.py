@@ -15,7 +15,7 @@ import time
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 DAEMON = os.path.join(ROOT, "build", "src", "dbmovefs")   # replaced by use_daemon()
-IO_URING = os.environ.get("BENCH_IO_URING", "off")         # -o io_uring=...; bench/run sets the kernel switch
+IO_URING = os.environ.get("BENCH_IO_URING", "auto")        # -o io_uring=...; bench/run sets the kernel switch
 TRANSPORTS = []                                             # fuse_transport of each mount made
 CACHE = os.path.join(BENCH, ".cache")
 REVISION = None   # what the daemon under test was built from (set by use_daemon)

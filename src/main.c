@@ -29,11 +29,11 @@ static const char usage[] =
     "                   (environments prod, uat, dev); refuses to overwrite one\n"
     "  -f               stay in the foreground, log to stderr\n"
     "  -d               debug: foreground, debug log level and FUSE tracing\n"
-    "  -s               single-threaded\n"
+    "  -s               single-threaded (and io_uring=off unless asked for)\n"
     "  -o OPT[,OPT...]  mount options: allow_other, default FUSE options, and\n"
     "                   io_uring=auto|off: serve requests through per-CPU io_uring\n"
-    "                   queues when the kernel allows it (auto), or not (off,\n"
-    "                   the default)\n"
+    "                   queues when the kernel allows it (auto, the default),\n"
+    "                   or always through /dev/fuse (off)\n"
     "  -h, --help       this help\n"
     "  -V, --version    print the version\n"
     "\n"
@@ -213,10 +213,10 @@ int main(int argc, char *argv[])
     struct fuse_cmdline_opts opts;
     if (fuse_opt_parse(&args, &cli, cli_opts, opt_proc) < 0 || fuse_parse_cmdline(&args, &opts) < 0)
         return 2;
-    /* off by default: io_uring halves a lock round trip but serialises the
-     * application and the daemon on one CPU, which costs more on WAL and
-     * read-heavy work than it saves (bench/results, fs-layout.md) */
-    enum dbm_uring_mode umode = DBM_URING_OFF;
+    /* auto by default: a request served on its caller's CPU costs about a
+     * third of a /dev/fuse round trip, and every benchmark ran as fast or
+     * faster (bench/README.md); it falls back to /dev/fuse by itself */
+    enum dbm_uring_mode umode = opts.singlethread ? DBM_URING_OFF : DBM_URING_AUTO; /* -s: one thread, as asked */
     if (cli.io_uring && dbm_uring_parse_mode(cli.io_uring, &umode) < 0) {
         fprintf(stderr, "dbmovefs: -o io_uring=%s: expected io_uring=auto or io_uring=off\n", cli.io_uring);
         free(cli.io_uring);

@@ -74,6 +74,7 @@ class Mount:
         self.state = os.path.join(base, "state")
         self.mnt = os.path.join(base, "mnt")
         self.log = os.path.join(base, "daemon.log")
+        self.default_transport = False  # True: no -o io_uring=, the daemon's default
         self.proc = None
         self.expected_errors = []
         os.makedirs(self.mnt, exist_ok=True)
@@ -88,7 +89,8 @@ class Mount:
 
     def start(self, *extra):
         self.logf = open(self.log, "a")
-        transport = [] if any("io_uring=" in str(x) for x in extra) else ["-o", "io_uring=" + IO_URING]
+        transport = [] if self.default_transport or any("io_uring=" in str(x) for x in extra) \
+            else ["-o", "io_uring=" + IO_URING]
         self.proc = subprocess.Popen([BIN, "-f", *transport, *extra, self.state, self.mnt], stdout=self.logf,
                                      stderr=subprocess.STDOUT)
         wait_for(lambda: os.path.ismount(self.mnt) or self.proc.poll() is not None, what="mount")

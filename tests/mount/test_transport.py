@@ -43,9 +43,22 @@ def test_off_is_reported_and_serves(new_mount):
     assert sql(db, "SELECT count(*) FROM t;").stdout.strip() == "1"
 
 
+def test_default_is_io_uring_when_the_kernel_allows_it(new_mount, uring_switch):
+    uring_switch("Y")
+    m = new_mount(None, False)
+    m.default_transport = True
+    m.start()
+    wait_for(lambda: m.transport() == "io_uring", what="io_uring transport by default")
+    db = m.p("prod", "db", "t.db")
+    sql(db, "CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+    assert sql(db, "PRAGMA integrity_check;").stdout.strip() == "ok"
+
+
 def test_disabled_in_the_kernel_falls_back_and_says_how_to_enable(new_mount, uring_switch):
     uring_switch("N")
-    m = new_mount(None, True, "-o", "io_uring=auto")
+    m = new_mount(None, False)
+    m.default_transport = True  # the default asks for io_uring when the kernel allows it
+    m.start()
     st = kv(open(m.p("status")).read())
     assert st["fuse_transport"] == "/dev/fuse"
     assert f"echo Y > {URING_PARAM}" in st["fuse_transport_detail"]
