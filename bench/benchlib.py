@@ -16,6 +16,9 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 DAEMON = os.path.join(ROOT, "build", "src", "dbmovefs")   # replaced by use_daemon()
 IO_URING = os.environ.get("BENCH_IO_URING", "auto")        # -o io_uring=...; bench/run sets the kernel switch
+# 1: the daemon stays in the bench's session (and so its scheduler autogroup), as when an
+# application starts it; default: a session of its own, as a system service is
+SAME_SESSION = os.environ.get("BENCH_SAME_SESSION", "0") == "1"
 TRANSPORTS = []                                             # fuse_transport of each mount made
 CACHE = os.path.join(BENCH, ".cache")
 REVISION = None   # what the daemon under test was built from (set by use_daemon)
@@ -107,6 +110,7 @@ def machine_facts():
         ("dbmovefs_revision", REVISION or git_rev()),
         ("sqlite_version", sqlite3.sqlite_version),
         ("fuse_transport", " ".join(sorted(set(TRANSPORTS))) or "none"),
+        ("daemon_session", "the bench's own (BENCH_SAME_SESSION=1)" if SAME_SESSION else "its own (setsid)"),
     ]
 
 
@@ -209,7 +213,7 @@ class Mount:
         self.state, self.mnt, self.logpath = state, mnt, logpath
         self.logf = open(logpath, "a")
         self.proc = subprocess.Popen([DAEMON, "-f", "-o", "io_uring=" + IO_URING, state, mnt], stdout=self.logf,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=not SAME_SESSION)
         deadline = time.time() + 20
         while not os.path.exists(os.path.join(mnt, "status")):
             if self.proc.poll() is not None:

@@ -213,9 +213,10 @@ int main(int argc, char *argv[])
     struct fuse_cmdline_opts opts;
     if (fuse_opt_parse(&args, &cli, cli_opts, opt_proc) < 0 || fuse_parse_cmdline(&args, &opts) < 0)
         return 2;
-    /* auto by default: a request served on its caller's CPU costs about a
-     * third of a /dev/fuse round trip, and every benchmark ran as fast or
-     * faster (bench/README.md); it falls back to /dev/fuse by itself */
+    /* auto by default: a request served on its caller's CPU costs as much as
+     * a /dev/fuse round trip or far less (when the daemon shares the
+     * caller's scheduling group; bench/README.md); it falls back to
+     * /dev/fuse by itself */
     enum dbm_uring_mode umode = opts.singlethread ? DBM_URING_OFF : DBM_URING_AUTO; /* -s: one thread, as asked */
     if (cli.io_uring && dbm_uring_parse_mode(cli.io_uring, &umode) < 0) {
         fprintf(stderr, "dbmovefs: -o io_uring=%s: expected io_uring=auto or io_uring=off\n", cli.io_uring);
