@@ -33,39 +33,43 @@ def test_io_uring_option_is_checked(tmpbase):
     assert not os.path.ismount(mnt)
 
 
+def serves(m):
+    """A database works through mount m."""
+    db = m.p("prod", "db", "t.db")
+    sql(db, "CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+    assert sql(db, "SELECT count(*) FROM t; PRAGMA integrity_check;").stdout.split() == ["1", "ok"]
+
+
+def default_mount(new_mount):
+    """A mount started without -o io_uring=: the daemon's default (auto)."""
+    m = new_mount(None, False)
+    m.default_transport = True
+    return m.start()
+
+
 def test_off_is_reported_and_serves(new_mount):
     m = new_mount(None, True, "-o", "io_uring=off")
     st = kv(open(m.p("status")).read())
     assert st["fuse_transport"] == "/dev/fuse"
     assert st["fuse_transport_detail"] == "io_uring off (-o io_uring=auto turns it on)"
-    db = m.p("prod", "db", "t.db")
-    sql(db, "CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-    assert sql(db, "SELECT count(*) FROM t;").stdout.strip() == "1"
+    serves(m)
 
 
 def test_default_is_io_uring_when_the_kernel_allows_it(new_mount, uring_switch):
     uring_switch("Y")
-    m = new_mount(None, False)
-    m.default_transport = True
-    m.start()
+    m = default_mount(new_mount)
     wait_for(lambda: m.transport() == "io_uring", what="io_uring transport by default")
-    db = m.p("prod", "db", "t.db")
-    sql(db, "CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-    assert sql(db, "PRAGMA integrity_check;").stdout.strip() == "ok"
+    serves(m)
 
 
 def test_disabled_in_the_kernel_falls_back_and_says_how_to_enable(new_mount, uring_switch):
     uring_switch("N")
-    m = new_mount(None, False)
-    m.default_transport = True  # the default asks for io_uring when the kernel allows it
-    m.start()
+    m = default_mount(new_mount)
     st = kv(open(m.p("status")).read())
     assert st["fuse_transport"] == "/dev/fuse"
     assert f"echo Y > {URING_PARAM}" in st["fuse_transport_detail"]
     assert "FUSE over io_uring not used" in m.read_log()
-    db = m.p("prod", "db", "t.db")
-    sql(db, "CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-    assert sql(db, "PRAGMA integrity_check;").stdout.strip() == "ok"
+    serves(m)
 
 
 WORKLOAD = """
