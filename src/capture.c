@@ -502,8 +502,10 @@ static void wv_drop(struct base *b, uint64_t first, uint64_t last)
 static void wv_drop_hdr(struct base *b, uint64_t off, uint64_t size)
 {
     struct walval *v = &b->wv;
+    if (!v->have_hdr)
+        return;
     uint64_t h = dbm_wal_frame_off(b->wh.page_size, v->hdr_frame);
-    if (v->have_hdr && off < h + DBM_WAL_FRAME_HDR_SIZE && off + size > h)
+    if (off < h + DBM_WAL_FRAME_HDR_SIZE && off + size > h)
         v->have_hdr = 0;
 }
 
@@ -672,7 +674,7 @@ int dbm_cap_wal_written(struct base *b, const void *buf, off_t off, size_t size)
     uint64_t first = ((uint64_t)off - DBM_WAL_HDR_SIZE) / fsz;
     uint64_t frame = ((uint64_t)off + size - 1 - DBM_WAL_HDR_SIZE) / fsz;
     uint64_t foff = dbm_wal_frame_off(ps, frame);
-    const uint8_t *p = buf, *fh = NULL;
+    const uint8_t *p = buf;
     wv_drop(b, first, frame); /* a frame checked before is rewritten (SQLite does, within a transaction) */
     wv_drop_hdr(b, (uint64_t)off, size);
     if (frame < b->next_frame)
@@ -685,7 +687,6 @@ int dbm_cap_wal_written(struct base *b, const void *buf, off_t off, size_t size)
         v->have_hdr = 1;
         if (v->page_frame != frame + 1)
             return 0; /* its page comes next, and that write tells */
-        fh = p;
     } else if ((uint64_t)off + size == foff + fsz && frame == v->end &&
                ((uint64_t)off == foff || ((uint64_t)off == foff + DBM_WAL_FRAME_HDR_SIZE && v->have_hdr &&
                                           v->hdr_frame == frame))) {
@@ -702,11 +703,12 @@ int dbm_cap_wal_written(struct base *b, const void *buf, off_t off, size_t size)
     if (!commits) {
         /* does the frame holding the write's last byte commit? */
         uint8_t hb[DBM_WAL_FRAME_HDR_SIZE];
+        const uint8_t *fh = NULL;
         if ((uint64_t)off <= foff && (uint64_t)off + size >= foff + DBM_WAL_FRAME_HDR_SIZE)
             fh = p + (foff - (uint64_t)off);
-        else if (!fh && v->have_hdr && v->hdr_frame == frame)
+        else if (v->have_hdr && v->hdr_frame == frame)
             fh = v->hdr;
-        else if (!fh && dbm_pread_all(b->wal->fd, hb, sizeof hb, (off_t)foff) == sizeof hb)
+        else if (dbm_pread_all(b->wal->fd, hb, sizeof hb, (off_t)foff) == sizeof hb)
             fh = hb;
         if (!fh || be32(fh + 4) == 0 || be32(fh + 8) != b->wh.salt1 || be32(fh + 12) != b->wh.salt2)
             return 0; /* not a commit frame of this generation (yet) */
