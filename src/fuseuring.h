@@ -22,9 +22,23 @@ enum dbm_uring_mode { DBM_URING_OFF, DBM_URING_AUTO };
 /* Parses "auto" or "off" (-o io_uring=...). -EINVAL for anything else. */
 int dbm_uring_parse_mode(const char *s, enum dbm_uring_mode *out);
 
+/* Where a reply wakes the application (-o wakeup=...):
+ * LOCAL  on the CPU that served its request, where it made it. A queue
+ *        thread commits each reply as a SCHED_IDLE thread, which the
+ *        scheduler counts as an idle CPU when it places the woken caller;
+ *        otherwise it moves the caller to an idle CPU, and waking an idle
+ *        vCPU costs more than the whole request (bench/README.md). Needs the
+ *        right to leave SCHED_IDLE again (CAP_SYS_NICE or RLIMIT_NICE >= 20)
+ *        and a SCHED_OTHER or SCHED_BATCH daemon; without them, ANY.
+ * ANY    wherever the scheduler likes. */
+enum dbm_wakeup_mode { DBM_WAKEUP_ANY, DBM_WAKEUP_LOCAL };
+
+/* Parses "local" or "any" (-o wakeup=...). -EINVAL for anything else. */
+int dbm_uring_parse_wakeup(const char *s, enum dbm_wakeup_mode *out);
+
 /* Creates the transport object of a session; nothing runs yet. The session
  * must outlive it. NULL only when out of memory. */
-struct dbm_uring *dbm_uring_create(struct fuse_session *se, enum dbm_uring_mode mode);
+struct dbm_uring *dbm_uring_create(struct fuse_session *se, enum dbm_uring_mode mode, enum dbm_wakeup_mode wakeup);
 
 /* After fuse_session_mount() and before the session loop: in AUTO mode, if
  * the kernel allows it, installs the session's custom I/O and starts the
@@ -38,8 +52,8 @@ int dbm_uring_start(struct dbm_uring *u, size_t max_write);
  * the mount is gone), frees everything. Accepts NULL. */
 void dbm_uring_destroy(struct dbm_uring *u);
 
-/* Appends fuse_transport and fuse_transport_detail lines. Thread-safe;
- * accepts NULL (reported as /dev/fuse). */
+/* Appends fuse_transport, fuse_transport_detail and fuse_wakeup lines.
+ * Thread-safe; accepts NULL (reported as /dev/fuse). */
 void dbm_uring_report(const struct dbm_uring *u, struct dbm_sbuf *b);
 
 #endif

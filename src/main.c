@@ -34,6 +34,9 @@ static const char usage[] =
     "                   io_uring=auto|off: serve requests through per-CPU io_uring\n"
     "                   queues when the kernel allows it (auto, the default),\n"
     "                   or always through /dev/fuse (off)\n"
+    "                   wakeup=local|any: with io_uring, a reply wakes the\n"
+    "                   application on the CPU that served it (local, the\n"
+    "                   default; needs CAP_SYS_NICE) or where the scheduler likes\n"
     "  -h, --help       this help\n"
     "  -V, --version    print the version\n"
     "\n"
@@ -46,6 +49,7 @@ struct cli {
     const char *mountpoint;
     int npos;
     char *io_uring; /* -o io_uring=MODE, allocated by fuse_opt_parse */
+    char *wakeup;   /* -o wakeup=MODE, likewise */
     unsigned max_threads; /* -o max_threads=N; 0: not given */
 };
 
@@ -53,6 +57,7 @@ struct cli {
  * default (10) as if it had been given */
 static const struct fuse_opt cli_opts[] = {
     { "io_uring=%s", offsetof(struct cli, io_uring), 0 },
+    { "wakeup=%s", offsetof(struct cli, wakeup), 0 },
     { "max_threads=%u", offsetof(struct cli, max_threads), 0 },
     FUSE_OPT_END,
 };
@@ -225,6 +230,14 @@ int main(int argc, char *argv[])
         return 2;
     }
     free(cli.io_uring);
+    enum dbm_wakeup_mode wmode = DBM_WAKEUP_LOCAL;
+    if (cli.wakeup && dbm_uring_parse_wakeup(cli.wakeup, &wmode) < 0) {
+        fprintf(stderr, "dbmovefs: -o wakeup=%s: expected wakeup=local or wakeup=any\n", cli.wakeup);
+        free(cli.wakeup);
+        fuse_opt_free_args(&args);
+        return 2;
+    }
+    free(cli.wakeup);
     if (cli.npos != 2) {
         fprintf(stderr, "dbmovefs: expected STATE_DIR and MOUNTPOINT, got %d argument%s\n%s", cli.npos,
                 cli.npos == 1 ? "" : "s", usage);
@@ -273,7 +286,7 @@ int main(int argc, char *argv[])
     }
     dbm_notice("dbmovefs %s serving %s on %s", DBM_VERSION, d->state_dir, mountpoint);
     /* before the loop: the custom I/O must be in place when INIT is answered */
-    struct dbm_uring *uring = dbm_uring_create(se, umode);
+    struct dbm_uring *uring = dbm_uring_create(se, umode, wmode);
     if (uring)
         dbm_uring_start(uring, DBM_FUSE_MAX_WRITE);
     d->uring = uring;

@@ -75,6 +75,7 @@ class Mount:
         self.mnt = os.path.join(base, "mnt")
         self.log = os.path.join(base, "daemon.log")
         self.default_transport = False  # True: no -o io_uring=, the daemon's default
+        self.wrapper = []  # a command the daemon runs under (setpriv ...)
         self.proc = None
         self.expected_errors = []
         os.makedirs(self.mnt, exist_ok=True)
@@ -91,7 +92,7 @@ class Mount:
         self.logf = open(self.log, "a")
         transport = [] if self.default_transport or any("io_uring=" in str(x) for x in extra) \
             else ["-o", "io_uring=" + IO_URING]
-        self.proc = subprocess.Popen([BIN, "-f", *transport, *extra, self.state, self.mnt], stdout=self.logf,
+        self.proc = subprocess.Popen([*self.wrapper, BIN, "-f", *transport, *extra, self.state, self.mnt], stdout=self.logf,
                                      stderr=subprocess.STDOUT)
         wait_for(lambda: os.path.ismount(self.mnt) or self.proc.poll() is not None, what="mount")
         if self.proc.poll() is not None:

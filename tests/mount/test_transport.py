@@ -1,5 +1,6 @@
 """How requests reach the daemon: /dev/fuse or FUSE over io_uring (issue: backup engine, speed)."""
 import os
+import shutil
 import subprocess
 import time
 
@@ -31,6 +32,33 @@ def test_io_uring_option_is_checked(tmpbase):
     assert p.returncode == 2
     assert "io_uring=yes" in p.stderr and "expected io_uring=auto or io_uring=off" in p.stderr
     assert not os.path.ismount(mnt)
+
+
+def test_wakeup_option_is_checked(tmpbase):
+    state, mnt = os.path.join(tmpbase, "s"), os.path.join(tmpbase, "m")
+    os.makedirs(mnt)
+    run(BIN, "--init", state)
+    p = run(BIN, "-f", "-o", "wakeup=near", state, mnt, check=False)
+    assert p.returncode == 2
+    assert "wakeup=near" in p.stderr and "expected wakeup=local or wakeup=any" in p.stderr
+    assert not os.path.ismount(mnt)
+
+
+def wakeup(m):
+    return kv(open(m.p("status")).read())["fuse_wakeup"]
+
+
+def idle_threads(m):
+    """The daemon's threads at SCHED_IDLE now."""
+    tids = os.listdir(f"/proc/{m.proc.pid}/task")
+    out = []
+    for t in tids:
+        try:
+            if os.sched_getscheduler(int(t)) == os.SCHED_IDLE:
+                out.append(t)
+        except ProcessLookupError:
+            pass
+    return out
 
 
 def serves(m):
@@ -90,6 +118,8 @@ def test_io_uring_serves_writers_on_every_cpu(new_mount, uring_switch, mode):
     wait_for(lambda: m.transport() == "io_uring", what="io_uring transport")
     detail = kv(open(m.p("status")).read())["fuse_transport_detail"]
     assert "queues (one per CPU)" in detail
+    # as root, by default, replies wake their callers where they were served
+    assert wakeup(m).startswith("local (")
     ncpu = os.cpu_count()
     db = m.p("prod", "db", f"u{mode}.db")
     # the journal mode is set once, before the writers: SQLite does not wait
@@ -103,9 +133,36 @@ def test_io_uring_serves_writers_on_every_cpu(new_mount, uring_switch, mode):
     assert sql(db, "PRAGMA integrity_check;").stdout.strip() == "ok"
     commits = int(kv(open(m.p("prod", "info")).read())[f"db.u{mode}.db.commits"])
     assert commits >= 200 * ncpu
+    # a queue thread is at SCHED_IDLE only while it commits a reply: once
+    # the writers are done, none is (a thread left there would serve its
+    # next request at idle priority)
+    wait_for(lambda: not idle_threads(m), what="no daemon thread left at SCHED_IDLE")
     # a clean unmount with the queue threads running
     m.stop()
     assert "queue thread did not stop" not in m.read_log()
+
+
+def test_wakeup_any_is_reported_and_serves(new_mount, uring_switch):
+    uring_switch("Y")
+    m = new_mount(None, True, "-o", "io_uring=auto,wakeup=any")
+    wait_for(lambda: m.transport() == "io_uring", what="io_uring transport")
+    assert wakeup(m) == "any (-o wakeup=any)"
+    serves(m)
+    assert not idle_threads(m)
+
+
+def test_wakeup_local_without_cap_sys_nice_falls_back_and_says_why(new_mount, uring_switch):
+    """A daemon that could not leave SCHED_IDLE again never enters it."""
+    uring_switch("Y")
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv (util-linux) to start a daemon without CAP_SYS_NICE")
+    m = new_mount(None, False)
+    m.wrapper = ["prlimit", "--nice=0:0", "setpriv", "--bounding-set=-sys_nice", "--inh-caps=-sys_nice"]
+    m.start("-o", "io_uring=auto")
+    wait_for(lambda: m.transport() == "io_uring", what="io_uring transport")
+    assert wakeup(m) == "any (leaving SCHED_IDLE needs CAP_SYS_NICE or RLIMIT_NICE >= 20)"
+    serves(m)
+    assert not idle_threads(m)
 
 
 HOLDER = """
