@@ -19,7 +19,9 @@ IO_URING = os.environ.get("BENCH_IO_URING", "auto")        # -o io_uring=...; be
 # 1: the daemon stays in the bench's session (and so its scheduler autogroup), as when an
 # application starts it; default: a session of its own, as a system service is
 SAME_SESSION = os.environ.get("BENCH_SAME_SESSION", "0") == "1"
+WAKEUP = os.environ.get("BENCH_WAKEUP", "local")           # -o wakeup=...
 TRANSPORTS = []                                             # fuse_transport of each mount made
+WAKEUPS = []                                                # fuse_wakeup of each mount made
 CACHE = os.path.join(BENCH, ".cache")
 REVISION = None   # what the daemon under test was built from (set by use_daemon)
 
@@ -110,6 +112,7 @@ def machine_facts():
         ("dbmovefs_revision", REVISION or git_rev()),
         ("sqlite_version", sqlite3.sqlite_version),
         ("fuse_transport", " ".join(sorted(set(TRANSPORTS))) or "none"),
+        ("fuse_wakeup", " | ".join(sorted(set(WAKEUPS))) or "none"),
         ("daemon_session", "the bench's own (BENCH_SAME_SESSION=1)" if SAME_SESSION else "its own (setsid)"),
     ]
 
@@ -212,7 +215,7 @@ class Mount:
     def __init__(self, state, mnt, logpath):
         self.state, self.mnt, self.logpath = state, mnt, logpath
         self.logf = open(logpath, "a")
-        self.proc = subprocess.Popen([DAEMON, "-f", "-o", "io_uring=" + IO_URING, state, mnt], stdout=self.logf,
+        self.proc = subprocess.Popen([DAEMON, "-f", "-o", "io_uring=%s,wakeup=%s" % (IO_URING, WAKEUP), state, mnt], stdout=self.logf,
                                      stderr=subprocess.STDOUT, start_new_session=not SAME_SESSION)
         deadline = time.time() + 20
         while not os.path.exists(os.path.join(mnt, "status")):
@@ -232,6 +235,7 @@ class Mount:
             while self.root_status().get("fuse_transport") != "io_uring" and time.time() < deadline:
                 time.sleep(0.05)
         TRANSPORTS.append(self.root_status().get("fuse_transport", "unknown"))
+        WAKEUPS.append(self.root_status().get("fuse_wakeup", "unknown").split(" (")[0])
 
     def root_status(self):
         return read_kv(os.path.join(self.mnt, "status"))
