@@ -18,9 +18,12 @@
  * Waking the caller where it is (-o wakeup=local, fuseuring.h): the commit
  * that wakes the application runs while the worker is a SCHED_IDLE thread,
  * in its own io_uring_enter (submit only); the worker is then back to its
- * policy before it waits for the next request, so that a request is never
- * served at idle priority. The woken caller preempts the worker if it lands
- * on its CPU; the worker finishes its switch back when the CPU is free.
+ * policy before it waits for the next request, so that no request is served
+ * at idle priority. The woken caller preempts the worker if it lands on its
+ * CPU; the worker finishes its switch back when the CPU is free, and a
+ * request the kernel hands its entry meanwhile (it takes the entry committed
+ * last) waits for that. Two sched_setscheduler calls and the extra enter
+ * cost ~1.4 us per request.
  * Measured (bench/README.md): without it, a caller in another scheduling
  * group than the daemon moved CPU on nearly every reply (30,600 migrations
  * in 3,000 WAL commits against 15 with it) and waited for an idle vCPU to
