@@ -24,23 +24,15 @@ def uring_switch():
     set_to(was)
 
 
-def test_io_uring_option_is_checked(tmpbase):
+@pytest.mark.parametrize("opt, expected", [("io_uring=yes", "expected io_uring=auto or io_uring=off"),
+                                           ("wakeup=near", "expected wakeup=local or wakeup=any")])
+def test_transport_options_are_checked(tmpbase, opt, expected):
     state, mnt = os.path.join(tmpbase, "s"), os.path.join(tmpbase, "m")
     os.makedirs(mnt)
     run(BIN, "--init", state)
-    p = run(BIN, "-f", "-o", "io_uring=yes", state, mnt, check=False)
+    p = run(BIN, "-f", "-o", opt, state, mnt, check=False)
     assert p.returncode == 2
-    assert "io_uring=yes" in p.stderr and "expected io_uring=auto or io_uring=off" in p.stderr
-    assert not os.path.ismount(mnt)
-
-
-def test_wakeup_option_is_checked(tmpbase):
-    state, mnt = os.path.join(tmpbase, "s"), os.path.join(tmpbase, "m")
-    os.makedirs(mnt)
-    run(BIN, "--init", state)
-    p = run(BIN, "-f", "-o", "wakeup=near", state, mnt, check=False)
-    assert p.returncode == 2
-    assert "wakeup=near" in p.stderr and "expected wakeup=local or wakeup=any" in p.stderr
+    assert opt in p.stderr and expected in p.stderr
     assert not os.path.ismount(mnt)
 
 
