@@ -143,7 +143,7 @@ struct dbm_uring {
     int policy;                   /* the workers' own policy, restored after each commit */
     pthread_mutex_t mu;           /* protects why, wake_why; a leaf */
     char why[200];                /* why /dev/fuse serves the mount */
-    char wake_why[160];           /* why wakeup=local is not in effect */
+    char wake_why[160];           /* why wakeup=local is not in effect (set while starting io_uring) */
 };
 
 static __thread struct worker *serving; /* the worker whose request this thread is handling */
@@ -530,13 +530,13 @@ static void *probe_idle(void *arg)
 
 static void decide_wakeup(struct dbm_uring *u)
 {
-    const char *why = "any (-o wakeup=any)";
-    pthread_t th;
-    void *ret = (void *)"any (cannot start a thread to try SCHED_IDLE)";
-    if (u->wakeup == DBM_WAKEUP_LOCAL && pthread_create(&th, NULL, probe_idle, u) == 0)
-        pthread_join(th, &ret);
-    if (u->wakeup == DBM_WAKEUP_LOCAL)
-        why = ret;
+    void *why = (void *)"any (-o wakeup=any)";
+    if (u->wakeup == DBM_WAKEUP_LOCAL) {
+        pthread_t th;
+        why = (void *)"any (cannot start a thread to try SCHED_IDLE)";
+        if (pthread_create(&th, NULL, probe_idle, u) == 0)
+            pthread_join(th, &why);
+    }
     if (!why)
         __atomic_store_n(&u->local, 1, __ATOMIC_RELAXED);
     else
@@ -553,7 +553,6 @@ struct dbm_uring *dbm_uring_create(struct fuse_session *se, enum dbm_uring_mode 
     u->mode = mode;
     u->wakeup = wakeup;
     u->state = ST_OFF;
-    snprintf(u->wake_why, sizeof u->wake_why, "any (only FUSE over io_uring wakes callers locally)");
     snprintf(u->why, sizeof u->why, "off (-o io_uring=auto turns it on)");
     return u;
 }
@@ -693,7 +692,7 @@ void dbm_uring_report(const struct dbm_uring *u, struct dbm_sbuf *b)
 {
     int st = u ? __atomic_load_n(&u->state, __ATOMIC_ACQUIRE) : ST_OFF;
     char why[sizeof u->why] = "off";
-    char wake_why[sizeof u->wake_why] = "any (only FUSE over io_uring wakes callers locally)";
+    char wake_why[sizeof u->wake_why] = ""; /* read only while active */
     if (u) {
         pthread_mutex_lock((pthread_mutex_t *)&u->mu);
         memcpy(why, u->why, sizeof why);
@@ -711,5 +710,5 @@ void dbm_uring_report(const struct dbm_uring *u, struct dbm_sbuf *b)
     }
     dbm_sbuf_kv(b, "fuse_transport", "/dev/fuse");
     dbm_sbuf_kv(b, "fuse_transport_detail", "io_uring %s", why);
-    dbm_sbuf_kv(b, "fuse_wakeup", "any (only FUSE over io_uring wakes callers locally)");
+    dbm_sbuf_kv(b, "fuse_wakeup", "any (only FUSE over io_uring wakes callers locally)"); /* whatever was asked */
 }
