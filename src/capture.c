@@ -722,6 +722,35 @@ int dbm_cap_wal_written(struct base *b, const void *buf, off_t off, size_t size)
     return 0;
 }
 
+int dbm_cap_wal_sync(struct base *b)
+{
+    if (!b->wal || !__atomic_load_n(&b->wal_blind, __ATOMIC_ACQUIRE))
+        return 0;
+    /* nothing checked before still holds: SQLite may have rewritten any
+     * frame of an open transaction (it does, within one) */
+    b->wv.live = b->wv.have_hdr = 0;
+    b->wv.page_frame = 0;
+    if (wal_header(b) == 1)
+        dbm_dur_wal_restarted(b); /* SQLite starts a generation only once every frame is checkpointed */
+    if (!b->wal_ok)
+        return 0;
+    struct stat st;
+    if (fstat(b->wal->fd, &st) < 0)
+        return -errno;
+    uint64_t fsz = DBM_WAL_FRAME_HDR_SIZE + b->wh.page_size;
+    if ((uint64_t)st.st_size < DBM_WAL_HDR_SIZE + fsz)
+        return 0;
+    uint64_t last = ((uint64_t)st.st_size - DBM_WAL_HDR_SIZE) / fsz - 1;
+    if (last < b->next_frame)
+        return 0;
+    int rc;
+    while ((rc = wal_capture_one(b, last)) == 1)
+        ;
+    if (rc < 0 && b->wv.commit_pages)
+        wal_unsign(b, b->wv.end - 1);
+    return rc < 0 ? rc : 0;
+}
+
 /* ---- start-up ---- */
 
 /* Removes the journal or WAL (*slot) a crash left, durably, saying why. */

@@ -112,7 +112,8 @@ static int env_attach(struct dbm_daemon *d, const struct dbm_env_conf *ec, char 
         dbm_strlcpy(e->name, ec->name, sizeof e->name);
         e->created_ns = dbm_catalog_env_get(d->cat, ec->name, &ce) == 0 ? ce.created_ns : dbm_now_ns();
         e->changed_ns = dbm_now_ns();
-        struct dbm_livedb_params lp = { .env = ec->name, .backing_dir = dir, .store = d->store, .cat = d->cat };
+        struct dbm_livedb_params lp = { .env = ec->name, .backing_dir = dir, .store = d->store, .cat = d->cat,
+                                          .backing = &d->backing };
         if ((rc = dbm_livedb_open(&lp, &e->live)) < 0) {
             free(e);
             snprintf(err, errsz, "environment %s: cannot open its databases: %s", ec->name, strerror(-rc));

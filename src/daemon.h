@@ -17,6 +17,9 @@ struct dbm_store;
 struct dbm_livedb;
 struct dbm_exports;
 struct dbm_uring;
+struct dbm_fusepass;
+
+#include "livedb.h"
 
 #define DBM_LOCK_FILE "lock"
 
@@ -51,6 +54,8 @@ struct dbm_daemon {
     pthread_cond_t maint_cv;
     int maint_stop;
     struct dbm_uring *uring;          /* the FUSE transport, set by main; may be NULL */
+    struct dbm_fusepass *pass;        /* passthrough, set by main; may be NULL */
+    struct dbm_livedb_backing backing; /* every livedb's passthrough hooks (fsops sets them) */
     uid_t mount_uid;                  /* owner of README and status */
     gid_t mount_gid;
 };

@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "daemon.h"
+#include "fusepass.h"
 #include "livedb.h"
 #include "log.h"
 #include "strutil.h"
@@ -613,6 +614,24 @@ static void open_text(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fuse_reply_open(req, fi);
 }
 
+/* How the kernel opens a database file: the page cache stays valid (every
+ * change comes through us) unless passthrough writes bypass it; a WAL in
+ * passthrough goes to its backing file (fusepass.h). The reply must follow
+ * on this thread: the passthrough mark is per thread. */
+static void set_dbfile_open(struct fuse_file_info *fi, struct dbm_dbhandle *h)
+{
+    int cacheable;
+    int id = dbm_livedb_handle_passthrough(h, &cacheable);
+    fi->keep_cache = cacheable;
+    dbm_fusepass_reply_next(id);
+}
+
+static void reply_open_dbfile(fuse_req_t req, struct fuse_file_info *fi, struct dbm_dbhandle *h)
+{
+    set_dbfile_open(fi, h);
+    fuse_reply_open(req, fi);
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct dbm_daemon *d = D(req);
@@ -641,8 +660,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fuse_reply_err(req, -rc);
         return;
     }
-    fi->keep_cache = 1; /* the page cache stays valid: every change comes through us */
-    fuse_reply_open(req, fi);
+    reply_open_dbfile(req, fi, h);
 }
 
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
@@ -668,13 +686,13 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
         fuse_reply_err(req, -rc);
         return;
     }
-    fi->keep_cache = 1;
     struct fuse_entry_param ep;
     memset(&ep, 0, sizeof ep);
     ep.ino = mkino(K_DBFILE, e->index, id);
     st.st_ino = ep.ino;
     ep.attr = st;
     ep.attr_timeout = ep.entry_timeout = TTL_DB;
+    set_dbfile_open(fi, h);
     fuse_reply_create(req, &ep, fi);
 }
 
@@ -895,8 +913,23 @@ static const struct fuse_lowlevel_ops ops = {
     .statfs = op_statfs,
 };
 
+/* The livedbs' passthrough hooks: d->pass is set by main before the session
+ * loop and cleared after it, when no handler runs. */
+static int backing_open(void *ctx, int fd)
+{
+    struct dbm_daemon *d = ctx;
+    return dbm_fusepass_backing_open(d->pass, fd);
+}
+
+static void backing_close(void *ctx, int id)
+{
+    struct dbm_daemon *d = ctx;
+    dbm_fusepass_backing_close(d->pass, id);
+}
+
 struct fuse_session *dbm_fs_session_new(struct dbm_daemon *d, struct fuse_args *args, int rfd)
 {
     ready_fd = rfd;
+    d->backing = (struct dbm_livedb_backing){ .open = backing_open, .close = backing_close, .ctx = d };
     return fuse_session_new(args, &ops, sizeof ops, d);
 }

@@ -63,6 +63,7 @@
 
 #include <fuse_lowlevel.h>
 
+#include "fusepass.h"
 #include "log.h"
 #include "strutil.h"
 
@@ -147,6 +148,9 @@ struct dbm_uring {
 };
 
 static __thread struct worker *serving; /* the worker whose request this thread is handling */
+/* The custom I/O's view of passthrough (one session per process): set by
+ * dbm_uring_start before the session loop, read by every I/O call after. */
+static struct dbm_fusepass *io_pass;
 
 int dbm_uring_parse_wakeup(const char *s, enum dbm_wakeup_mode *out)
 {
@@ -319,6 +323,7 @@ static int commit_and_fetch(struct worker *w, int *res)
 static ssize_t uring_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
     (void)userdata;
+    dbm_fusepass_patch_reply(io_pass, iov, count);
     struct worker *w = serving;
     const struct fuse_out_header *oh = iov[0].iov_base;
     if (!w || w->replied || count < 1 || iov[0].iov_len != sizeof *oh || oh->unique != w->unique)
@@ -342,7 +347,10 @@ static ssize_t uring_writev(int fd, struct iovec *iov, int count, void *userdata
 static ssize_t uring_read(int fd, void *buf, size_t len, void *userdata)
 {
     (void)userdata;
-    return read(fd, buf, len);
+    ssize_t n = read(fd, buf, len);
+    if (n > 0)
+        dbm_fusepass_saw_request(io_pass, buf, (size_t)n);
+    return n;
 }
 
 static void reply_error(struct worker *w, uint64_t unique, int err)
@@ -573,8 +581,18 @@ static int worker_init(struct dbm_uring *u, struct worker *w, unsigned qid)
 
 static void queue_add_worker(struct dbm_uring *u, unsigned qid);
 
-int dbm_uring_start(struct dbm_uring *u, size_t max_write)
+int dbm_uring_start(struct dbm_uring *u, size_t max_write, struct dbm_fusepass *pass)
 {
+    /* the custom I/O serves both transports: passthrough needs its hooks on /dev/fuse too */
+    io_pass = pass;
+    const struct fuse_custom_io io = { .writev = uring_writev, .read = uring_read };
+    int rc = fuse_session_custom_io(u->se, &io, fuse_session_fd(u->se));
+    if (rc < 0) {
+        dbm_err("cannot install the session's I/O: %s; FUSE over io_uring and passthrough are not used",
+                strerror(-rc));
+        snprintf(u->why, sizeof u->why, "cannot install the session's I/O: %s", strerror(-rc));
+        return rc;
+    }
     if (u->mode == DBM_URING_OFF)
         return 0;
     if (!kernel_allows(u)) {
@@ -593,12 +611,6 @@ int dbm_uring_start(struct dbm_uring *u, size_t max_write)
     if (ncpu > MAX_QUEUES)
         ncpu = MAX_QUEUES;
     u->nq = (unsigned)ncpu;
-    const struct fuse_custom_io io = { .writev = uring_writev, .read = uring_read };
-    int rc = fuse_session_custom_io(u->se, &io, u->fuse_fd);
-    if (rc < 0) {
-        set_failed(u, "cannot install the session's I/O: %s", -rc);
-        return rc;
-    }
     struct sigaction sa = { .sa_handler = wake_handler }; /* no SA_RESTART: a stop interrupts the wait */
     sigemptyset(&sa.sa_mask);
     sigaction(WAKE_SIGNAL, &sa, NULL);

@@ -15,6 +15,7 @@
 
 struct fuse_session;
 struct dbm_sbuf;
+struct dbm_fusepass;
 struct dbm_uring;
 
 enum dbm_uring_mode { DBM_URING_OFF, DBM_URING_AUTO };
@@ -40,13 +41,15 @@ int dbm_uring_parse_wakeup(const char *s, enum dbm_wakeup_mode *out);
  * must outlive it. NULL only when out of memory. */
 struct dbm_uring *dbm_uring_create(struct fuse_session *se, enum dbm_uring_mode mode, enum dbm_wakeup_mode wakeup);
 
-/* After fuse_session_mount() and before the session loop: in AUTO mode, if
- * the kernel allows it, installs the session's custom I/O and starts the
+/* After fuse_session_mount() and before the session loop: installs the
+ * session's custom I/O, which also feeds pass (may be NULL; borrowed, must
+ * outlive the session loop) every request read from /dev/fuse and every
+ * reply (fusepass.h); in AUTO mode, if the kernel allows it, starts the
  * queue threads, which register once the kernel has answered INIT. Payload
  * buffers hold max_write bytes (the value the INIT reply announces). When the
  * kernel does not allow it the /dev/fuse loop serves everything and the
  * reason is kept for dbm_uring_report(). Returns 0 or -errno (logged). */
-int dbm_uring_start(struct dbm_uring *u, size_t max_write);
+int dbm_uring_start(struct dbm_uring *u, size_t max_write, struct dbm_fusepass *pass);
 
 /* Stops and joins the queue threads (after the session loop has ended and
  * the mount is gone), frees everything. Accepts NULL. */

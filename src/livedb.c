@@ -144,6 +144,7 @@ int dbm_livedb_open(const struct dbm_livedb_params *p, struct dbm_livedb **out)
     l->capdir_fd = -1;
     l->store = p->store;
     l->cat = p->cat;
+    l->backing = p->backing;
     l->fmode = 0644;
     dbm_strlcpy(l->env, p->env, sizeof l->env);
     int rc = -ENOMEM;
@@ -332,13 +333,39 @@ int dbm_livedb_list(struct dbm_livedb *l, size_t start,
     return 0;
 }
 
-static int handle_new(struct dbfile *f, int flags, struct dbm_dbhandle **h)
+/* Whether the new handle of f opens in passthrough. The kernel refuses an
+ * inode opened both ways, or with two backing files: so the first open
+ * decides, and the others follow while any is open. l->mu held. */
+static int handle_passthrough(struct dbm_livedb *l, struct dbfile *f)
+{
+    const struct dbm_livedb_backing *bk = l->backing;
+    if (f->kind != DBM_SQLFILE_WAL || f->unlinked || f->fd < 0 || !bk || !bk->open)
+        return 0;
+    if (f->pt_id > 0)
+        return 1;
+    if (f->nopen > 0)
+        return 0; /* open through the daemon: so are the others until all close */
+    int id = bk->open(bk->ctx, f->fd);
+    if (id <= 0) {
+        if (id != -EOPNOTSUPP)
+            dbm_warn("%s/%s: no passthrough (%s); served through the daemon", l->env, f->name, strerror(-id));
+        return 0;
+    }
+    f->pt_id = id;
+    __atomic_store_n(&f->base->wal_blind, 1, __ATOMIC_RELEASE);
+    return 1;
+}
+
+static int handle_new(struct dbm_livedb *l, struct dbfile *f, int flags, struct dbm_dbhandle **h)
 {
     struct dbm_dbhandle *nh = malloc(sizeof *nh);
     if (!nh)
         return -ENOMEM;
     nh->f = f;
     nh->flags = flags;
+    nh->pt = handle_passthrough(l, f);
+    if (nh->pt)
+        f->pt_open++;
     f->nopen++;
     *h = nh;
     return 0;
@@ -389,7 +416,7 @@ int dbm_livedb_create(struct dbm_livedb *l, const char *name, int flags, uint64_
         rc = -EPERM;
         goto out;
     }
-    if ((rc = file_stat(l, f, st)) < 0 || (rc = handle_new(f, flags, h)) < 0)
+    if ((rc = file_stat(l, f, st)) < 0 || (rc = handle_new(l, f, flags, h)) < 0)
         goto out;
     f->nlookup++;
     *id = f->id;
@@ -406,12 +433,40 @@ int dbm_livedb_open_file(struct dbm_livedb *l, uint64_t id, int flags, struct db
     if (rc == 0 && (flags & O_TRUNC) && f->kind != DBM_SQLFILE_SHM && f->kind != DBM_SQLFILE_SUPER)
         rc = -EPERM;
     if (rc == 0)
-        rc = handle_new(f, flags, h);
+        rc = handle_new(l, f, flags, h);
     pthread_mutex_unlock(&l->mu);
     return rc;
 }
 
 int dbm_livedb_handle_fd(struct dbm_dbhandle *h) { return h->f->fd; }
+
+int dbm_livedb_handle_passthrough(struct dbm_dbhandle *h, int *cacheable)
+{
+    struct dbm_livedb *l = h->f->base->l;
+    *cacheable = h->f->kind != DBM_SQLFILE_WAL || !l->backing || !l->backing->open;
+    if (!h->pt)
+        return 0;
+    pthread_mutex_lock(&l->mu);
+    int id = h->f->pt_id;
+    pthread_mutex_unlock(&l->mu);
+    return id;
+}
+
+/* Passthrough: captures what SQLite wrote to the WAL behind our back before
+ * an operation that follows a commit or may overwrite one (capture.c). The
+ * failure is logged: the commit stays in the WAL, and the next sync point
+ * tries again. b->mu not held. */
+static int wal_sync_point(struct base *b, const char *what)
+{
+    if (!__atomic_load_n(&b->wal_blind, __ATOMIC_ACQUIRE))
+        return 0;
+    pthread_mutex_lock(&b->mu);
+    int rc = dbm_cap_wal_sync(b);
+    pthread_mutex_unlock(&b->mu);
+    if (rc < 0)
+        dbm_err("%s/%s: cannot record the WAL's commits before %s: %s", b->l->env, b->name, what, strerror(-rc));
+    return rc;
+}
 
 /* Finds name's file and its base, or -ENOENT. */
 static int find(struct dbm_livedb *l, const char *name, struct dbfile **fp, struct base **bp)
@@ -447,14 +502,18 @@ int dbm_livedb_unlink(struct dbm_livedb *l, const char *name)
     }
     if (f->kind == DBM_SQLFILE_JOURNAL && (rc = dbm_cap_journal_commit(b, JM_DELETE)) < 0)
         goto out; /* not recorded: the journal stays hot and SQLite rolls back */
+    if (f->kind == DBM_SQLFILE_WAL && b->wal == f && (rc = dbm_cap_wal_sync(b)) < 0)
+        goto out; /* its commits would be lost with it */
     if (unlinkat(l->dirfd, name, 0) < 0) {
         rc = -errno;
         goto out;
     }
     if (f->kind != DBM_SQLFILE_JOURNAL)
         __atomic_store_n(&l->dir_dirty, 1, __ATOMIC_RELEASE);
-    if (f->kind == DBM_SQLFILE_WAL)
+    if (f->kind == DBM_SQLFILE_WAL && b->wal == f) {
         dbm_cap_wal_truncated(b, 0);
+        __atomic_store_n(&b->wal_blind, 0, __ATOMIC_RELEASE); /* the next WAL is a new file */
+    }
     if (f->kind == DBM_SQLFILE_DB) {
         dbm_dur_discard(b); /* an open transaction's pages: nothing to apply them to */
         dbm_cap_forget_history(b, dbm_now_ns());
@@ -483,6 +542,8 @@ int dbm_livedb_truncate(struct dbm_livedb *l, uint64_t id, uint64_t size, struct
         return rc;
     pthread_mutex_lock(&b->mu);
     if (f->kind == DBM_SQLFILE_JOURNAL && size == 0 && (rc = dbm_cap_journal_commit(b, JM_TRUNCATE)) < 0)
+        goto out;
+    if (f->kind == DBM_SQLFILE_WAL && b->wal == f && (rc = dbm_cap_wal_sync(b)) < 0)
         goto out;
     if (f->kind == DBM_SQLFILE_DB && b->db == f && dbm_dur_active(b)) {
         dbm_dur_truncate(b, size); /* applied with the commit */
@@ -532,6 +593,11 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
             ret = -ENOSPC;
             goto out;
         }
+        /* a checkpoint copies committed frames into the file: they must be recorded first */
+        if (__atomic_load_n(&b->wal_blind, __ATOMIC_ACQUIRE) && (rc = dbm_cap_wal_sync(b)) < 0) {
+            ret = rc;
+            goto out;
+        }
         rc = dbm_cap_db_check_write(b, off, size);
         if (rc == 0 && (rc = dbm_dur_write(b, buf, size, off)) == 1) {
             ret = (ssize_t)size; /* in the shadow until the commit */
@@ -572,7 +638,9 @@ int dbm_livedb_fsync(struct dbm_dbhandle *h, int datasync)
         struct base *b = f->base;
         int real = 1;
         pthread_mutex_lock(&b->mu);
-        int rc = dbm_dur_fsync(b, f, &real);
+        int rc = f->kind == DBM_SQLFILE_WAL && b->wal == f ? dbm_cap_wal_sync(b) : 0;
+        if (rc == 0)
+            rc = dbm_dur_fsync(b, f, &real);
         pthread_mutex_unlock(&b->mu);
         if (rc < 0 || !real)
             return rc; /* the store's append made the commit durable */
@@ -625,6 +693,8 @@ ssize_t dbm_livedb_read(struct dbm_dbhandle *h, void *buf, size_t size, off_t of
 int dbm_livedb_flush(struct dbm_dbhandle *h, uint64_t lock_owner)
 {
     struct dbfile *f = h->f;
+    if (f->kind == DBM_SQLFILE_SHM)
+        wal_sync_point(f->base, "a process closed its wal-index"); /* it may have held WRITE */
     pthread_mutex_lock(&f->mu);
     if (dbm_lock_release_owner(&f->locks, lock_owner))
         pthread_cond_broadcast(&f->cv);
@@ -636,8 +706,15 @@ void dbm_livedb_release(struct dbm_dbhandle *h)
 {
     struct dbfile *f = h->f;
     struct dbm_livedb *l = f->base->l;
+    int pt = h->pt;
     free(h);
     pthread_mutex_lock(&l->mu);
+    if (pt && --f->pt_open == 0) {
+        /* the kernel dropped its side when the last passthrough file closed */
+        if (l->backing && l->backing->close)
+            l->backing->close(l->backing->ctx, f->pt_id);
+        f->pt_id = 0;
+    }
     f->nopen--;
     file_maybe_free(l, f);
     pthread_mutex_unlock(&l->mu);
@@ -687,6 +764,11 @@ int dbm_livedb_setlk(struct dbm_dbhandle *h, uint64_t owner, const struct flock 
     struct dbfile *f = h->f;
     uint64_t start, end;
     lock_range(fl, &start, &end);
+    /* the end of a write transaction (WRITE released) and the start of a
+     * checkpoint (CKPT taken): the WAL's commits are recorded first */
+    if (f->kind == DBM_SQLFILE_SHM && start <= DBM_SHM_CKPT_LOCK && end >= DBM_SHM_WRITE_LOCK &&
+        (fl->l_type == F_UNLCK || (fl->l_type == F_WRLCK && end >= DBM_SHM_CKPT_LOCK && start <= DBM_SHM_CKPT_LOCK)))
+        wal_sync_point(f->base, fl->l_type == F_UNLCK ? "a write transaction ended" : "a checkpoint");
     pthread_mutex_lock(&f->mu);
     int rc;
     for (;;) {

@@ -22,11 +22,20 @@ struct dbm_store;
 struct dbm_catalog;
 struct dbm_sbuf;
 
+/* Passthrough backing files (fusepass.h), provided by the FUSE glue. */
+struct dbm_livedb_backing {
+    int (*open)(void *ctx, int fd);  /* a backing id (> 0) for fd, or -errno */
+    void (*close)(void *ctx, int id);
+    void *ctx;
+};
+
 struct dbm_livedb_params {
     const char *env;          /* borrowed; copied */
     const char *backing_dir;  /* STATE/envs/<env>/db, created if missing */
     struct dbm_store *store;  /* borrowed; outlives the livedb */
     struct dbm_catalog *cat;  /* borrowed; outlives the livedb */
+    /* borrowed, may be NULL; outlives the livedb; open == NULL: no passthrough */
+    const struct dbm_livedb_backing *backing;
 };
 int dbm_livedb_open(const struct dbm_livedb_params *p, struct dbm_livedb **out);
 void dbm_livedb_close(struct dbm_livedb *l); /* accepts NULL */
@@ -58,6 +67,12 @@ int dbm_livedb_truncate(struct dbm_livedb *l, uint64_t id, uint64_t size, struct
 int dbm_livedb_open_file(struct dbm_livedb *l, uint64_t id, int flags, struct dbm_dbhandle **h);
 /* The backing descriptor, for zero-copy reads (fsops splices from it). */
 int dbm_livedb_handle_fd(struct dbm_dbhandle *h);
+/* Passthrough: the backing id a new handle's open reply carries (> 0), or 0
+ * to serve it through the daemon. WAL files only: capture reads what SQLite
+ * wrote there when it syncs the WAL or ends its write transaction (capture.c).
+ * *cacheable: whether the kernel may keep the file's page cache across opens
+ * (not for a file that passthrough writes bypass). */
+int dbm_livedb_handle_passthrough(struct dbm_dbhandle *h, int *cacheable);
 ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, off_t off);
 /* Whether reads must come through dbm_livedb_read (a transaction's pages
  * wait in a shadow) rather than from the backing descriptor. */

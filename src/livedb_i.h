@@ -33,6 +33,8 @@ struct dbfile {
     uint64_t nlookup;
     unsigned nopen;
     int unlinked;
+    int pt_id;         /* passthrough backing id while pt_open > 0, else 0 (livedb.mu) */
+    unsigned pt_open;  /* open handles in passthrough (livedb.mu) */
     pthread_mutex_t mu;
     pthread_cond_t cv; /* a lock was released */
     struct dbm_locktab locks;
@@ -92,6 +94,8 @@ struct base {
     uint64_t next_frame;      /* first frame not yet captured */
     int cursor_fd;            /* capture/<name>.walpos, rewritten after each capture */
     struct walval wv;         /* frames checked as they were written, ahead of their commit */
+    int wal_blind;            /* (atomic) the WAL is open in passthrough: SQLite writes it
+                               * without us, so capture reads it at sync points (dbm_cap_wal_sync) */
     /* deferred durability (durable.c) */
     int sh_fd;                /* capture/<name>.shadow, -1 until first used */
     int sh_active;            /* the open transaction's pages are in the shadow (atomic: readers peek) */
@@ -131,6 +135,7 @@ struct dbm_livedb {
     uid_t uid;
     gid_t gid;
     mode_t fmode;
+    const struct dbm_livedb_backing *backing; /* may be NULL */
     uint32_t max_dbs;         /* 0: no limit */
     uint64_t max_db_bytes;    /* 0: no limit */
 };
@@ -138,6 +143,7 @@ struct dbm_livedb {
 struct dbm_dbhandle {
     struct dbfile *f;
     int flags;
+    int pt;  /* opened in passthrough (f->pt_id) */
 };
 
 /* capture.c: commit detection and recording. Called with b->mu held. */
@@ -147,6 +153,13 @@ int dbm_cap_journal_written(struct base *b, off_t off, size_t size);
 int dbm_cap_journal_commit(struct base *b, enum jmode how);
 int dbm_cap_wal_written(struct base *b, const void *buf, off_t off, size_t size);
 void dbm_cap_wal_truncated(struct base *b, uint64_t size);
+/* Passthrough: captures every commit the WAL holds now (a no-op unless
+ * b->wal_blind). Called before anything that follows a commit or could
+ * overwrite one: an fsync of the WAL, the end of a write transaction (the
+ * WRITE lock released), a checkpoint (its lock taken, its writes to the
+ * database file), the WAL truncated or removed. On failure the commit frame
+ * is made invalid on disk, as when a write fails. */
+int dbm_cap_wal_sync(struct base *b);
 /* Start-up: attach the timeline and repair what a crash left. */
 int dbm_cap_recover(struct base *b);
 void dbm_cap_forget_history(struct base *b, uint64_t now_ns); /* database removed */

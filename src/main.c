@@ -16,6 +16,7 @@
 #include "daemon.h"
 #include "dbm_config.h"
 #include "fsops.h"
+#include "fusepass.h"
 #include "fuseuring.h"
 #include "log.h"
 
@@ -50,6 +51,7 @@ struct cli {
     int npos;
     char *io_uring; /* -o io_uring=MODE, allocated by fuse_opt_parse */
     char *wakeup;   /* -o wakeup=MODE, likewise */
+    char *passthrough; /* -o passthrough=MODE, likewise */
     unsigned max_threads; /* -o max_threads=N; 0: not given */
 };
 
@@ -58,6 +60,7 @@ struct cli {
 static const struct fuse_opt cli_opts[] = {
     { "io_uring=%s", offsetof(struct cli, io_uring), 0 },
     { "wakeup=%s", offsetof(struct cli, wakeup), 0 },
+    { "passthrough=%s", offsetof(struct cli, passthrough), 0 },
     { "max_threads=%u", offsetof(struct cli, max_threads), 0 },
     FUSE_OPT_END,
 };
@@ -238,6 +241,15 @@ int main(int argc, char *argv[])
         return 2;
     }
     free(cli.wakeup);
+    enum dbm_pass_mode pmode = DBM_PASS_AUTO;
+    if (cli.passthrough && dbm_fusepass_parse_mode(cli.passthrough, &pmode) < 0) {
+        fprintf(stderr, "dbmovefs: -o passthrough=%s: expected passthrough=auto or passthrough=off\n",
+                cli.passthrough);
+        free(cli.passthrough);
+        fuse_opt_free_args(&args);
+        return 2;
+    }
+    free(cli.passthrough);
     if (cli.npos != 2) {
         fprintf(stderr, "dbmovefs: expected STATE_DIR and MOUNTPOINT, got %d argument%s\n%s", cli.npos,
                 cli.npos == 1 ? "" : "s", usage);
@@ -286,9 +298,11 @@ int main(int argc, char *argv[])
     }
     dbm_notice("dbmovefs %s serving %s on %s", DBM_VERSION, d->state_dir, mountpoint);
     /* before the loop: the custom I/O must be in place when INIT is answered */
+    struct dbm_fusepass *pass = dbm_fusepass_create(fuse_session_fd(se), pmode);
+    d->pass = pass;
     struct dbm_uring *uring = dbm_uring_create(se, umode, wmode);
     if (uring)
-        dbm_uring_start(uring, DBM_FUSE_MAX_WRITE);
+        dbm_uring_start(uring, DBM_FUSE_MAX_WRITE, pass);
     d->uring = uring;
     if (dbm_daemon_start_maintenance(d, 60) < 0) /* retention now, then every minute */
         dbm_warn("retention thread not started: history is trimmed at the next start only");
@@ -313,6 +327,8 @@ int main(int argc, char *argv[])
     dbm_uring_destroy(uring);
     d->uring = NULL;
     fuse_session_unmount(se);
+    d->pass = NULL; /* the livedbs may still close backing ids: they see NULL and leave it to the kernel */
+    dbm_fusepass_destroy(pass);
     dbm_notice("unmounted %s; exiting", mountpoint);
     /* libfuse reports the signal that ended the loop; a requested shutdown is a clean exit */
     ret = (ret == 0 || ret == SIGTERM || ret == SIGINT) ? 0 : 1;
