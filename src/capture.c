@@ -35,6 +35,7 @@
 #include "strutil.h"
 #include "timefmt.h"
 
+#define JHDR_ID_OFF 12 /* journal header: nonce, original size, sector size, page size */
 #define SUPPORTED_MODES "supported: journal_mode DELETE, TRUNCATE, PERSIST or WAL"
 
 static uint32_t be32(const uint8_t *p)
@@ -318,15 +319,71 @@ int dbm_cap_db_written(struct base *b, const void *buf, size_t size, off_t off)
     return 0;
 }
 
+/* Whether the journal's header holds the magic now; id (if not NULL): the
+ * header's nonce, original size, sector and page sizes, which SQLite draws
+ * or sets afresh in each transaction's header. */
+static int journal_hot_id(struct base *b, uint8_t id[JHDR_ID_LEN])
+{
+    uint8_t h[JHDR_ID_OFF + JHDR_ID_LEN];
+    ssize_t n = dbm_pread_all(b->journal->fd, h, sizeof h, 0);
+    if (n != sizeof h || !dbm_journal_magic(h))
+        return 0;
+    if (id)
+        memcpy(id, h + JHDR_ID_OFF, JHDR_ID_LEN);
+    return 1;
+}
+
+static int journal_hot(struct base *b) { return journal_hot_id(b, NULL); }
+
 int dbm_cap_journal_written(struct base *b, off_t off, size_t size)
 {
     (void)size;
     if (off >= 8 || !b->journal)
         return 0;
-    uint8_t magic[DBM_JOURNAL_MAGIC_LEN];
-    ssize_t n = dbm_pread_all(b->journal->fd, magic, sizeof magic, 0);
-    b->journal_active = n == sizeof magic && dbm_journal_magic(magic);
+    b->journal_active = journal_hot(b);
     return 0;
+}
+
+int dbm_cap_journal_look(struct base *b)
+{
+    if (!b->journal || !__atomic_load_n(&b->journal_blind, __ATOMIC_ACQUIRE))
+        return 0;
+    uint8_t id[JHDR_ID_LEN];
+    int hot = journal_hot_id(b, id);
+    if (b->journal_active && (!hot || memcmp(id, b->jhdr_id, sizeof id) != 0)) {
+        /* the transaction these pages belong to committed without a
+         * request (its header zeroed, then maybe the next one's written:
+         * locking_mode=EXCLUSIVE with synchronous=OFF): record it first */
+        int rc = dbm_cap_journal_commit(b, JM_PERSIST);
+        if (rc < 0)
+            return rc;
+    }
+    b->journal_active = hot;
+    if (hot)
+        memcpy(b->jhdr_id, id, sizeof id);
+    return 0;
+}
+
+int dbm_cap_journal_sync(struct base *b, int told)
+{
+    uint8_t id[JHDR_ID_LEN];
+    if (!b->journal_active || !b->journal || !__atomic_load_n(&b->journal_blind, __ATOMIC_ACQUIRE) ||
+        (journal_hot_id(b, id) && memcmp(id, b->jhdr_id, sizeof id) == 0))
+        return 0;
+    /* PERSIST's commit: the header was zeroed (written already, unlike
+     * through the daemon, where the write waits for the record) */
+    int rc = dbm_cap_journal_commit(b, JM_PERSIST);
+    if (rc < 0 && told) {
+        /* the journal is no longer hot, so nothing rolls the transaction
+         * back: its pages (kept out of the file) are dropped, and SQLite,
+         * told the commit failed, reads the last recorded state. (Not told,
+         * SQLite counts it committed: it stays pending, and the next sync
+         * point or commit records it.) */
+        dbm_dur_discard(b);
+        dirty_clear(b);
+        b->journal_active = 0;
+    }
+    return rc;
 }
 
 /* 1 if page pgno (in data) equals what the history holds at last_txid (its

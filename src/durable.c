@@ -545,6 +545,14 @@ static void sync_all(struct dbm_livedb *l)
     for (size_t i = 0; i < n; i++) {
         struct base *b = v[i];
         pthread_mutex_lock(&b->mu);
+        /* a connection that switched to locking_mode=EXCLUSIVE after its WAL
+         * opened in passthrough takes no lock per transaction: its commits
+         * with synchronous NORMAL or OFF are recorded here at the latest */
+        int wrc = dbm_cap_wal_sync(b);
+        if (wrc == 0)
+            wrc = dbm_cap_journal_sync(b, 0); /* likewise PERSIST's zeroed header */
+        if (wrc < 0)
+            dbm_warn("%s/%s: cannot record the WAL's commits: %s; retried", l->env, b->name, strerror(-wrc));
         uint64_t last = 0, id = tl_id_of(b, &last);
         int fd = -1;
         last = sync_target(b, last);

@@ -339,12 +339,24 @@ int dbm_livedb_list(struct dbm_livedb *l, size_t start,
 static int handle_passthrough(struct dbm_livedb *l, struct dbfile *f)
 {
     const struct dbm_livedb_backing *bk = l->backing;
-    if (f->kind != DBM_SQLFILE_WAL || f->unlinked || f->fd < 0 || !bk || !bk->open)
+    if ((f->kind != DBM_SQLFILE_WAL && f->kind != DBM_SQLFILE_JOURNAL) || f->unlinked || f->fd < 0 || !bk ||
+        !bk->open)
         return 0;
     if (f->pt_id > 0)
         return 1;
     if (f->nopen > 0)
         return 0; /* open through the daemon: so are the others until all close */
+    struct dbfile *db = f->base->db;
+    if (db && f->kind == DBM_SQLFILE_WAL) {
+        /* locking_mode=EXCLUSIVE opens the WAL holding EXCLUSIVE on the
+         * database and then takes no lock per transaction: only its writes
+         * can tell a commit at once, so they come through us */
+        pthread_mutex_lock(&db->mu);
+        int excl = dbm_lock_held_at(&db->locks, F_WRLCK, DBM_SHARED_FIRST);
+        pthread_mutex_unlock(&db->mu);
+        if (excl)
+            return 0;
+    }
     int id = bk->open(bk->ctx, f->fd);
     if (id <= 0) {
         if (id != -EOPNOTSUPP)
@@ -352,7 +364,8 @@ static int handle_passthrough(struct dbm_livedb *l, struct dbfile *f)
         return 0;
     }
     f->pt_id = id;
-    __atomic_store_n(&f->base->wal_blind, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(f->kind == DBM_SQLFILE_WAL ? &f->base->wal_blind : &f->base->journal_blind, 1,
+                     __ATOMIC_RELEASE);
     return 1;
 }
 
@@ -443,7 +456,8 @@ int dbm_livedb_handle_fd(struct dbm_dbhandle *h) { return h->f->fd; }
 int dbm_livedb_handle_passthrough(struct dbm_dbhandle *h, int *cacheable)
 {
     struct dbm_livedb *l = h->f->base->l;
-    *cacheable = h->f->kind != DBM_SQLFILE_WAL || !l->backing || !l->backing->open;
+    *cacheable = (h->f->kind != DBM_SQLFILE_WAL && h->f->kind != DBM_SQLFILE_JOURNAL) || !l->backing ||
+                 !l->backing->open;
     if (!h->pt)
         return 0;
     pthread_mutex_lock(&l->mu);
@@ -452,20 +466,20 @@ int dbm_livedb_handle_passthrough(struct dbm_dbhandle *h, int *cacheable)
     return id;
 }
 
-/* Passthrough: captures what SQLite wrote to the WAL behind our back before
- * an operation that follows a commit or may overwrite one (capture.c). The
- * failure is logged: the commit stays in the WAL, and the next sync point
- * tries again. b->mu not held. */
-static int wal_sync_point(struct base *b, const char *what)
+/* Passthrough: records what SQLite wrote to the WAL (wal) or journal behind
+ * our back, before an operation that follows a commit or may overwrite one
+ * (capture.c). A failure is logged: the commit stays pending (in the WAL,
+ * or in the shadow), and the next sync point tries again. b->mu not held. */
+static void sync_point(struct base *b, int wal, const char *what)
 {
-    if (!__atomic_load_n(&b->wal_blind, __ATOMIC_ACQUIRE))
-        return 0;
+    if (!__atomic_load_n(wal ? &b->wal_blind : &b->journal_blind, __ATOMIC_ACQUIRE))
+        return;
     pthread_mutex_lock(&b->mu);
-    int rc = dbm_cap_wal_sync(b);
+    int rc = wal ? dbm_cap_wal_sync(b) : dbm_cap_journal_sync(b, 0);
     pthread_mutex_unlock(&b->mu);
     if (rc < 0)
-        dbm_err("%s/%s: cannot record the WAL's commits before %s: %s", b->l->env, b->name, what, strerror(-rc));
-    return rc;
+        dbm_err("%s/%s: cannot record a commit %s: %s; retried at the next one", b->l->env, b->name, what,
+                strerror(-rc));
 }
 
 /* Finds name's file and its base, or -ENOENT. */
@@ -514,6 +528,8 @@ int dbm_livedb_unlink(struct dbm_livedb *l, const char *name)
         dbm_cap_wal_truncated(b, 0);
         __atomic_store_n(&b->wal_blind, 0, __ATOMIC_RELEASE); /* the next WAL is a new file */
     }
+    if (f->kind == DBM_SQLFILE_JOURNAL && b->journal == f)
+        __atomic_store_n(&b->journal_blind, 0, __ATOMIC_RELEASE);
     if (f->kind == DBM_SQLFILE_DB) {
         dbm_dur_discard(b); /* an open transaction's pages: nothing to apply them to */
         dbm_cap_forget_history(b, dbm_now_ns());
@@ -598,7 +614,9 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
             ret = rc;
             goto out;
         }
-        rc = dbm_cap_db_check_write(b, off, size);
+        rc = dbm_cap_journal_look(b);
+        if (rc == 0)
+            rc = dbm_cap_db_check_write(b, off, size);
         if (rc == 0 && (rc = dbm_dur_write(b, buf, size, off)) == 1) {
             ret = (ssize_t)size; /* in the shadow until the commit */
             rc = dbm_cap_db_written(b, buf, size, off);
@@ -638,7 +656,9 @@ int dbm_livedb_fsync(struct dbm_dbhandle *h, int datasync)
         struct base *b = f->base;
         int real = 1;
         pthread_mutex_lock(&b->mu);
-        int rc = f->kind == DBM_SQLFILE_WAL && b->wal == f ? dbm_cap_wal_sync(b) : 0;
+        int rc = f->kind == DBM_SQLFILE_WAL && b->wal == f       ? dbm_cap_wal_sync(b)
+                 : f->kind == DBM_SQLFILE_JOURNAL && b->journal == f ? dbm_cap_journal_sync(b, 1)
+                                                                     : 0;
         if (rc == 0)
             rc = dbm_dur_fsync(b, f, &real);
         pthread_mutex_unlock(&b->mu);
@@ -693,8 +713,8 @@ ssize_t dbm_livedb_read(struct dbm_dbhandle *h, void *buf, size_t size, off_t of
 int dbm_livedb_flush(struct dbm_dbhandle *h, uint64_t lock_owner)
 {
     struct dbfile *f = h->f;
-    if (f->kind == DBM_SQLFILE_SHM)
-        wal_sync_point(f->base, "a process closed its wal-index"); /* it may have held WRITE */
+    if (f->kind == DBM_SQLFILE_SHM || f->kind == DBM_SQLFILE_DB) /* its locks go: it may have been writing */
+        sync_point(f->base, f->kind == DBM_SQLFILE_SHM, "as a writer closed the database");
     pthread_mutex_lock(&f->mu);
     if (dbm_lock_release_owner(&f->locks, lock_owner))
         pthread_cond_broadcast(&f->cv);
@@ -768,7 +788,9 @@ int dbm_livedb_setlk(struct dbm_dbhandle *h, uint64_t owner, const struct flock 
      * checkpoint (CKPT taken): the WAL's commits are recorded first */
     if (f->kind == DBM_SQLFILE_SHM && start <= DBM_SHM_CKPT_LOCK && end >= DBM_SHM_WRITE_LOCK &&
         (fl->l_type == F_UNLCK || (fl->l_type == F_WRLCK && end >= DBM_SHM_CKPT_LOCK && start <= DBM_SHM_CKPT_LOCK)))
-        wal_sync_point(f->base, fl->l_type == F_UNLCK ? "a write transaction ended" : "a checkpoint");
+        sync_point(f->base, 1, fl->l_type == F_UNLCK ? "at the end of a write transaction" : "before a checkpoint");
+    else if (f->kind == DBM_SQLFILE_DB && fl->l_type == F_UNLCK)
+        sync_point(f->base, 0, "at the end of a write transaction"); /* PERSIST with synchronous=OFF */
     pthread_mutex_lock(&f->mu);
     int rc;
     for (;;) {

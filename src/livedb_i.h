@@ -68,6 +68,8 @@ struct walval {
     uint64_t page_frame;      /* 1 + the last frame whose page was written before its header (0: none) */
 };
 
+#define JHDR_ID_LEN 16
+
 struct base {
     char name[DBM_DB_NAME_MAX + 1];
     struct dbm_livedb *l;
@@ -96,6 +98,8 @@ struct base {
     struct walval wv;         /* frames checked as they were written, ahead of their commit */
     int wal_blind;            /* (atomic) the WAL is open in passthrough: SQLite writes it
                                * without us, so capture reads it at sync points (dbm_cap_wal_sync) */
+    int journal_blind;        /* (atomic) likewise for the journal (dbm_cap_journal_look, _sync) */
+    uint8_t jhdr_id[JHDR_ID_LEN]; /* the hot journal header's nonce and sizes (journal_blind) */
     /* deferred durability (durable.c) */
     int sh_fd;                /* capture/<name>.shadow, -1 until first used */
     int sh_active;            /* the open transaction's pages are in the shadow (atomic: readers peek) */
@@ -151,6 +155,15 @@ int dbm_cap_db_written(struct base *b, const void *buf, size_t size, off_t off);
 int dbm_cap_db_check_write(struct base *b, off_t off, size_t size);
 int dbm_cap_journal_written(struct base *b, off_t off, size_t size);
 int dbm_cap_journal_commit(struct base *b, enum jmode how);
+/* Passthrough (b->journal_blind): SQLite writes the journal without us.
+ * dbm_cap_journal_look, before a write to the database file, notes whether
+ * the journal is hot (and records the last transaction first if the hot
+ * header is another transaction's); dbm_cap_journal_sync, at an fsync of the
+ * journal, a database lock released or the background sync, records
+ * PERSIST's commit (a zeroed header); told: the caller returns the failure
+ * to SQLite (an fsync). */
+int dbm_cap_journal_look(struct base *b);
+int dbm_cap_journal_sync(struct base *b, int told);
 int dbm_cap_wal_written(struct base *b, const void *buf, off_t off, size_t size);
 void dbm_cap_wal_truncated(struct base *b, uint64_t size);
 /* Passthrough: captures every commit the WAL holds now (a no-op unless

@@ -17,6 +17,9 @@ BIN = os.environ.get("DBMOVEFS_BIN", os.path.join(ROOT, "build", "src", "dbmovef
 # DBM_TEST_IO_URING=auto runs every mount on FUSE over io_uring (and fails a
 # mount that does not get it); off (the default here) runs them on /dev/fuse.
 IO_URING = os.environ.get("DBM_TEST_IO_URING", "off")
+# DBM_TEST_PASSTHROUGH=off serves WAL and journal files through the daemon in
+# every mount (its own commit capture, per write) unless a test says otherwise
+PASSTHROUGH = os.environ.get("DBM_TEST_PASSTHROUGH", "auto")
 URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
 
 
@@ -92,7 +95,8 @@ class Mount:
         self.logf = open(self.log, "a")
         transport = [] if self.default_transport or any("io_uring=" in str(x) for x in extra) \
             else ["-o", "io_uring=" + IO_URING]
-        self.proc = subprocess.Popen([*self.wrapper, BIN, "-f", *transport, *extra, self.state, self.mnt], stdout=self.logf,
+        pt = [] if any("passthrough=" in str(x) for x in extra) else ["-o", "passthrough=" + PASSTHROUGH]
+        self.proc = subprocess.Popen([*self.wrapper, BIN, "-f", *transport, *pt, *extra, self.state, self.mnt], stdout=self.logf,
                                      stderr=subprocess.STDOUT)
         wait_for(lambda: os.path.ismount(self.mnt) or self.proc.poll() is not None, what="mount")
         if self.proc.poll() is not None:

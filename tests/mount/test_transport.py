@@ -25,7 +25,8 @@ def uring_switch():
 
 
 @pytest.mark.parametrize("opt, expected", [("io_uring=yes", "expected io_uring=auto or io_uring=off"),
-                                           ("wakeup=near", "expected wakeup=local or wakeup=any")])
+                                           ("wakeup=near", "expected wakeup=local or wakeup=any"),
+                                           ("passthrough=on", "expected passthrough=auto or passthrough=off")])
 def test_transport_options_are_checked(tmpbase, opt, expected):
     state, mnt = os.path.join(tmpbase, "s"), os.path.join(tmpbase, "m")
     os.makedirs(mnt)
