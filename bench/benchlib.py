@@ -22,6 +22,8 @@ SAME_SESSION = os.environ.get("BENCH_SAME_SESSION", "0") == "1"
 WAKEUP = os.environ.get("BENCH_WAKEUP", "local")           # -o wakeup=...
 TRANSPORTS = []                                             # fuse_transport of each mount made
 WAKEUPS = []                                                # fuse_wakeup of each mount made
+PASSTHROUGH = os.environ.get("BENCH_PASSTHROUGH", "auto")  # -o passthrough=...
+PASSTHROUGHS = []                                           # fuse_passthrough of each mount made
 CACHE = os.path.join(BENCH, ".cache")
 REVISION = None   # what the daemon under test was built from (set by use_daemon)
 
@@ -113,6 +115,7 @@ def machine_facts():
         ("sqlite_version", sqlite3.sqlite_version),
         ("fuse_transport", " ".join(sorted(set(TRANSPORTS))) or "none"),
         ("fuse_wakeup", " | ".join(sorted(set(WAKEUPS))) or "none"),
+        ("fuse_passthrough", " | ".join(sorted(set(PASSTHROUGHS))) or "none"),
         ("daemon_session", "the bench's own (BENCH_SAME_SESSION=1)" if SAME_SESSION else "its own (setsid)"),
     ]
 
@@ -215,7 +218,7 @@ class Mount:
     def __init__(self, state, mnt, logpath):
         self.state, self.mnt, self.logpath = state, mnt, logpath
         self.logf = open(logpath, "a")
-        self.proc = subprocess.Popen([DAEMON, "-f", "-o", "io_uring=%s,wakeup=%s" % (IO_URING, WAKEUP), state, mnt], stdout=self.logf,
+        self.proc = subprocess.Popen([DAEMON, "-f", "-o", "io_uring=%s,wakeup=%s,passthrough=%s" % (IO_URING, WAKEUP, PASSTHROUGH), state, mnt], stdout=self.logf,
                                      stderr=subprocess.STDOUT, start_new_session=not SAME_SESSION)
         deadline = time.time() + 20
         while not os.path.exists(os.path.join(mnt, "status")):
@@ -236,6 +239,7 @@ class Mount:
                 time.sleep(0.05)
         TRANSPORTS.append(self.root_status().get("fuse_transport", "unknown"))
         WAKEUPS.append(self.root_status().get("fuse_wakeup", "unknown").split(" (")[0])
+        PASSTHROUGHS.append(self.root_status().get("fuse_passthrough", "unknown").split(" (")[0])
 
     def root_status(self):
         return read_kv(os.path.join(self.mnt, "status"))

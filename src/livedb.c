@@ -787,7 +787,7 @@ int dbm_livedb_setlk(struct dbm_dbhandle *h, uint64_t owner, const struct flock 
     /* the end of a write transaction (WRITE released) and the start of a
      * checkpoint (CKPT taken): the WAL's commits are recorded first */
     if (f->kind == DBM_SQLFILE_SHM && start <= DBM_SHM_CKPT_LOCK && end >= DBM_SHM_WRITE_LOCK &&
-        (fl->l_type == F_UNLCK || (fl->l_type == F_WRLCK && end >= DBM_SHM_CKPT_LOCK && start <= DBM_SHM_CKPT_LOCK)))
+        (fl->l_type == F_UNLCK || (fl->l_type == F_WRLCK && end >= DBM_SHM_CKPT_LOCK)))
         sync_point(f->base, 1, fl->l_type == F_UNLCK ? "at the end of a write transaction" : "before a checkpoint");
     else if (f->kind == DBM_SQLFILE_DB && fl->l_type == F_UNLCK)
         sync_point(f->base, 0, "at the end of a write transaction"); /* PERSIST with synchronous=OFF */
