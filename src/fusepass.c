@@ -172,7 +172,7 @@ static void patch_init(struct dbm_fusepass *p, struct iovec *iov, int count)
     memcpy(out + INIT_OUT_FLAGS2, &flags2, 4);
     memcpy(out + INIT_OUT_STACK_DEPTH, &depth, 4);
     __atomic_store_n(&p->active, 1, __ATOMIC_RELEASE);
-    set_why(p, "on (WAL files: reads and writes go straight to the backing file)");
+    set_why(p, "on (WAL and journal files: reads and writes go straight to the backing files)");
 }
 
 void dbm_fusepass_patch_reply(struct dbm_fusepass *p, struct iovec *iov, int count)
@@ -220,7 +220,7 @@ int dbm_fusepass_backing_open(struct dbm_fusepass *p, int fd)
             snprintf(why, sizeof why, "off (registering a backing file: %s%s)", strerror(e),
                      e == EPERM ? "; it needs CAP_SYS_ADMIN" : "");
             set_why(p, why);
-            dbm_warn("passthrough: %s; WAL files are served through the daemon", why);
+            dbm_warn("passthrough: %s; WAL and journal files are served through the daemon", why);
         }
         return -EOPNOTSUPP;
     }

@@ -6,9 +6,10 @@
  * custom I/O, fuseuring.c, hands every request read and reply written here).
  *
  * Why: a WAL gets one or two writes per page SQLite writes, and most pages
- * are written more than once per transaction; each was a round trip (about
- * 6 us), while commit detection needs only the WAL as it is when a writer
- * syncs it or ends its transaction (capture.c). bench/README.md has figures.
+ * are written more than once per transaction; a journal gets three per page;
+ * each was a round trip (about 6 us), while commit detection needs only the
+ * file as it is when a writer syncs it or ends its transaction (capture.c).
+ * bench/README.md has figures.
  *
  * Needs CAP_SYS_ADMIN (the kernel's rule for registering backing files) and
  * a kernel that offers it; otherwise nothing changes and the reason is kept

@@ -68,10 +68,10 @@ int dbm_livedb_open_file(struct dbm_livedb *l, uint64_t id, int flags, struct db
 /* The backing descriptor, for zero-copy reads (fsops splices from it). */
 int dbm_livedb_handle_fd(struct dbm_dbhandle *h);
 /* Passthrough: the backing id a new handle's open reply carries (> 0), or 0
- * to serve it through the daemon. WAL files only: capture reads what SQLite
- * wrote there when it syncs the WAL or ends its write transaction (capture.c).
- * *cacheable: whether the kernel may keep the file's page cache across opens
- * (not for a file that passthrough writes bypass). */
+ * to serve it through the daemon. WAL and journal files only: capture reads
+ * what SQLite wrote there when it syncs the file, ends its write transaction
+ * or checkpoints (capture.c). *cacheable: whether the kernel may keep the
+ * file's page cache across opens (not for a file passthrough writes bypass). */
 int dbm_livedb_handle_passthrough(struct dbm_dbhandle *h, int *cacheable);
 ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, off_t off);
 /* Whether reads must come through dbm_livedb_read (a transaction's pages
