@@ -6,10 +6,10 @@
  * zeroes as padding), and the backing-file ioctls on /dev/fuse. Debian 12's
  * <linux/fuse.h> predates them, so they are declared here.
  *
- * State: p->offered and p->init_unique are written by the thread that reads
- * INIT (before any other request exists) and read when its reply is written;
- * p->active is atomic because handlers on every thread read it. p->mu guards
- * why; a leaf. */
+ * State: p->offered is written by the thread that reads INIT and read by the
+ * same thread when it writes INIT's reply; p->init_unique (atomic) is read
+ * at every reply, on any thread; p->active is atomic because handlers on
+ * every thread read it. p->mu guards why; a leaf. */
 #include "fusepass.h"
 
 #include <errno.h>
@@ -135,7 +135,7 @@ void dbm_fusepass_saw_request(struct dbm_fusepass *p, const void *buf, size_t le
     memcpy(&in, (const char *)buf + sizeof ih, n);
     p->offered = (in.flags & INIT_EXT) && n >= offsetof(struct fuse_init_in, flags2) + 4 &&
                  (in.flags2 & FLAGS2_PASSTHROUGH);
-    p->init_unique = ih.unique;
+    __atomic_store_n(&p->init_unique, ih.unique, __ATOMIC_RELAXED);
 }
 
 /* The reply's payload (after the out header) as one contiguous span, if it
@@ -149,7 +149,7 @@ static void *payload(struct iovec *iov, int count, size_t len)
 
 static void patch_init(struct dbm_fusepass *p, struct iovec *iov, int count)
 {
-    p->init_unique = 0;
+    __atomic_store_n(&p->init_unique, 0, __ATOMIC_RELAXED);
     if (p->mode == DBM_PASS_OFF)
         return;
     if (!p->offered) {
@@ -182,7 +182,8 @@ void dbm_fusepass_patch_reply(struct dbm_fusepass *p, struct iovec *iov, int cou
     if (!p || count < 1 || iov[0].iov_len != sizeof(struct fuse_out_header))
         return;
     const struct fuse_out_header *oh = iov[0].iov_base;
-    if (p->init_unique && oh->unique == p->init_unique) {
+    uint64_t init = __atomic_load_n(&p->init_unique, __ATOMIC_RELAXED);
+    if (init && oh->unique == init) {
         if (oh->error == 0)
             patch_init(p, iov, count);
         return;
