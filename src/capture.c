@@ -586,10 +586,16 @@ static int wv_add(struct base *b, struct walval *v, const uint8_t *hdr, const ui
     return 1;
 }
 
-void dbm_cap_wal_truncated(struct base *b, uint64_t size)
+/* Nothing learnt from the writes so far holds (the file changed under it). */
+static void wv_forget(struct base *b)
 {
     b->wv.live = b->wv.have_hdr = 0;
     b->wv.page_frame = 0;
+}
+
+void dbm_cap_wal_truncated(struct base *b, uint64_t size)
+{
+    wv_forget(b);
     if (size == 0) {
         b->wal_ok = 0;
         dbm_dur_wal_restarted(b); /* truncated or removed: SQLite checkpointed every frame first */
@@ -612,8 +618,7 @@ static int wal_header(struct base *b)
     dbm_walck_init(&b->ck, &h);
     b->next_frame = 0;
     b->wal_ok = 1;
-    b->wv.live = b->wv.have_hdr = 0;
-    b->wv.page_frame = 0;
+    wv_forget(b);
     cursor_save(b);
     return 1;
 }
@@ -783,10 +788,9 @@ int dbm_cap_wal_sync(struct base *b)
 {
     if (!b->wal || !__atomic_load_n(&b->wal_blind, __ATOMIC_ACQUIRE))
         return 0;
-    /* nothing checked before still holds: SQLite may have rewritten any
-     * frame of an open transaction (it does, within one) */
-    b->wv.live = b->wv.have_hdr = 0;
-    b->wv.page_frame = 0;
+    /* SQLite may have rewritten any frame of an open transaction (it does,
+     * within one) */
+    wv_forget(b);
     if (wal_header(b) == 1)
         dbm_dur_wal_restarted(b); /* SQLite starts a generation only once every frame is checkpointed */
     if (!b->wal_ok)

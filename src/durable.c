@@ -552,7 +552,8 @@ static void sync_all(struct dbm_livedb *l)
         if (wrc == 0)
             wrc = dbm_cap_journal_sync(b, 0); /* likewise PERSIST's zeroed header */
         if (wrc < 0)
-            dbm_warn("%s/%s: cannot record the WAL's commits: %s; retried", l->env, b->name, strerror(-wrc));
+            dbm_warn("%s/%s: cannot record a commit SQLite made in passthrough: %s; retried", l->env, b->name,
+                     strerror(-wrc));
         uint64_t last = 0, id = tl_id_of(b, &last);
         int fd = -1;
         last = sync_target(b, last);

@@ -615,8 +615,8 @@ static void open_text(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 }
 
 /* How the kernel opens a database file: the page cache stays valid (every
- * change comes through us) unless passthrough writes bypass it; a WAL in
- * passthrough goes to its backing file (fusepass.h). The reply must follow
+ * change comes through us) unless passthrough writes bypass it; a WAL or
+ * journal in passthrough goes to its backing file (fusepass.h). The reply must follow
  * on this thread: the passthrough mark is per thread. */
 static void set_dbfile_open(struct fuse_file_info *fi, struct dbm_dbhandle *h)
 {

@@ -229,30 +229,31 @@ int main(int argc, char *argv[])
      * caller's scheduling group; bench/README.md); it falls back to
      * /dev/fuse by itself */
     enum dbm_uring_mode umode = opts.singlethread ? DBM_URING_OFF : DBM_URING_AUTO; /* -s: one thread, as asked */
-    if (cli.io_uring && dbm_uring_parse_mode(cli.io_uring, &umode) < 0) {
-        fprintf(stderr, "dbmovefs: -o io_uring=%s: expected io_uring=auto or io_uring=off\n", cli.io_uring);
-        free(cli.io_uring);
-        fuse_opt_free_args(&args);
-        return 2;
+    enum dbm_wakeup_mode wmode = DBM_WAKEUP_LOCAL;
+    enum dbm_pass_mode pmode = DBM_PASS_AUTO;
+    /* the two-value -o options: the first bad one is refused, saying what is accepted */
+    const struct {
+        const char *name, *value, *first, *second;
+        int bad;
+    } choice[] = {
+        { "io_uring", cli.io_uring, "auto", "off", cli.io_uring && dbm_uring_parse_mode(cli.io_uring, &umode) < 0 },
+        { "wakeup", cli.wakeup, "local", "any", cli.wakeup && dbm_uring_parse_wakeup(cli.wakeup, &wmode) < 0 },
+        { "passthrough", cli.passthrough, "auto", "off",
+          cli.passthrough && dbm_fusepass_parse_mode(cli.passthrough, &pmode) < 0 },
+    };
+    int refused = 0;
+    for (size_t i = 0; i < sizeof choice / sizeof *choice && !refused; i++) {
+        if ((refused = choice[i].bad))
+            fprintf(stderr, "dbmovefs: -o %s=%s: expected %s=%s or %s=%s\n", choice[i].name, choice[i].value,
+                    choice[i].name, choice[i].first, choice[i].name, choice[i].second);
     }
     free(cli.io_uring);
-    enum dbm_wakeup_mode wmode = DBM_WAKEUP_LOCAL;
-    if (cli.wakeup && dbm_uring_parse_wakeup(cli.wakeup, &wmode) < 0) {
-        fprintf(stderr, "dbmovefs: -o wakeup=%s: expected wakeup=local or wakeup=any\n", cli.wakeup);
-        free(cli.wakeup);
-        fuse_opt_free_args(&args);
-        return 2;
-    }
     free(cli.wakeup);
-    enum dbm_pass_mode pmode = DBM_PASS_AUTO;
-    if (cli.passthrough && dbm_fusepass_parse_mode(cli.passthrough, &pmode) < 0) {
-        fprintf(stderr, "dbmovefs: -o passthrough=%s: expected passthrough=auto or passthrough=off\n",
-                cli.passthrough);
-        free(cli.passthrough);
+    free(cli.passthrough);
+    if (refused) {
         fuse_opt_free_args(&args);
         return 2;
     }
-    free(cli.passthrough);
     if (cli.npos != 2) {
         fprintf(stderr, "dbmovefs: expected STATE_DIR and MOUNTPOINT, got %d argument%s\n%s", cli.npos,
                 cli.npos == 1 ? "" : "s", usage);
