@@ -42,6 +42,7 @@
 #include "dbimage.h"
 #include "sqlproto.h"
 #include "log.h"
+#include "thread.h"
 #include "snapview.h"
 #include "sysio.h"
 #include "timefmt.h"
@@ -506,10 +507,10 @@ static int bp_job_start(struct bp_job *j)
     rc = dbm_sha256_create(&j->hash);
     if (rc < 0)
         return rc;
-    rc = pthread_create(&j->th, NULL, bp_job_main, j);
-    if (rc != 0) {
-        dbm_err("bacpac: cannot start a thread: %s", strerror(rc));
-        return -rc;
+    rc = dbm_thread_start(&j->th, "dbm-bacpac", bp_job_main, j);
+    if (rc < 0) {
+        dbm_err("bacpac: cannot start a thread: %s", strerror(-rc));
+        return rc;
     }
     j->started = 1;
     return 0;

@@ -58,6 +58,7 @@
 #include "sqlproto.h"
 #include "strutil.h"
 #include "sysio.h"
+#include "thread.h"
 
 #define MARK_MAGIC 0x434e5953u  /* "SYNC": the first layout, without a boot id */
 #define MARK_MAGIC2 0x324e5953u /* "SYN2" */
@@ -621,7 +622,7 @@ static int syncer_start(struct dbm_livedb *l)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    int rc = -pthread_create(&l->syncer, NULL, syncer_main, l);
+    int rc = dbm_thread_start(&l->syncer, "dbm-syncer", syncer_main, l);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     l->have_syncer = rc == 0;
     return rc;

@@ -14,6 +14,7 @@
 #include "bacpac.h"
 #include "crypto.h"
 #include "log.h"
+#include "thread.h"
 #include "snapshot.h"
 #include "strutil.h"
 #include "sysio.h"
@@ -366,8 +367,7 @@ int dbm_export_get(struct dbm_exports *x, struct dbm_snapshot *snap, struct dbm_
         struct dbm_bacpac_params p = params_of(x, snap);
         e->bound = dbm_bacpac_size_bound(&p);
         e->producing = 1;
-        if ((rc = pthread_create(&e->thread, NULL, produce, e)) != 0) {
-            rc = -rc;
+        if ((rc = dbm_thread_start(&e->thread, "dbm-export", produce, e)) < 0) {
             export_free(e);
             goto out;
         }

@@ -15,19 +15,21 @@
  * Handlers reply on the thread that called them (fsops), which is what the
  * thread-local match relies on.
  *
- * Waking the caller where it is (-o wakeup=local, fuseuring.h): the commit
- * that wakes the application runs while the worker is a SCHED_IDLE thread,
- * in its own io_uring_enter (submit only); the worker is then back to its
- * policy before it waits for the next request, so that no request is served
- * at idle priority. The woken caller preempts the worker if it lands on its
- * CPU; the worker finishes its switch back when the CPU is free, and a
- * request the kernel hands its entry meanwhile (it takes the entry committed
- * last) waits for that. Two sched_setscheduler calls and the extra enter
- * cost ~1.4 us per request.
+ * Waking the caller where it is (-o wakeup=local, fuseuring.h): queue
+ * threads run at SCHED_IDLE, which the scheduler counts as an idle CPU when
+ * it places the caller a commit wakes, so it stays where it is instead of
+ * waiting for an idle vCPU to wake (30-70 us in this VM).
  * Measured (bench/README.md): without it, a caller in another scheduling
  * group than the daemon moved CPU on nearly every reply (30,600 migrations
- * in 3,000 WAL commits against 15 with it) and waited for an idle vCPU to
- * wake, 30-70 us in this VM; with it, 4,600 -> 8,600 commits/s.
+ * in 3,000 WAL commits against 15 with it); with it, 4,600 -> 8,600
+ * commits/s. An idle-class thread waits behind any other task that wants
+ * its CPU, and so does the request it is given: with two CPU-bound processes
+ * in the daemon's own group, a lock request took 3.7 ms instead of 27 us. So
+ * a CPU pressure guard (cpuguard.h) moves every queue thread to the daemon's
+ * own policy while tasks wait for CPUs, and back once they stop. (The first
+ * way, SCHED_IDLE only around each commit, cost two sched_setscheduler
+ * calls, 1.2 us per request, and had the same exposure: the next request
+ * waited for the thread to get back from idle.)
  *
  * Threads and ownership: struct dbm_uring owns the queues, each a fixed
  * array of worker slots; each worker owns one io_uring instance (single
@@ -63,6 +65,7 @@
 
 #include <fuse_lowlevel.h>
 
+#include "cpuguard.h"
 #include "fusepass.h"
 #include "log.h"
 #include "strutil.h"
@@ -123,6 +126,7 @@ struct worker {
     char *block;                  /* PREFIX bytes, then the payload buffer */
     uint64_t unique;              /* the request being served */
     int replied;
+    pid_t tid;                    /* set once running (under u->mu) */
 };
 
 struct queue {
@@ -140,11 +144,14 @@ struct dbm_uring {
     _Atomic int state;
     _Atomic int stop;
     enum dbm_wakeup_mode wakeup;  /* as asked */
-    _Atomic int local;            /* workers commit as SCHED_IDLE (wakeup=local in effect) */
-    int policy;                   /* the workers' own policy, restored after each commit */
-    pthread_mutex_t mu;           /* protects why, wake_why; a leaf */
+    _Atomic int local;            /* wakeup=local in effect: the guard runs */
+    int policy;                   /* the daemon's policy: queue threads' while CPUs are contended */
+    struct dbm_cpuguard *guard;   /* with local */
+    pthread_mutex_t mu;           /* protects why, wake_why, contended, spells, nworkers, tid; a leaf */
+    int contended;                /* tasks wait for CPUs: queue threads at policy, not SCHED_IDLE */
+    unsigned long spells;         /* contended spells so far */
     char why[200];                /* why /dev/fuse serves the mount */
-    char wake_why[160];           /* why wakeup=local is not in effect (set while starting io_uring) */
+    char wake_why[200];           /* why wakeup=local is not in effect (set while starting io_uring) */
 };
 
 static __thread struct worker *serving; /* the worker whose request this thread is handling */
@@ -296,28 +303,6 @@ static void set_wake_why(struct dbm_uring *u, const char *why)
     pthread_mutex_unlock(&u->mu);
 }
 
-/* Commits the reply queued on the ring (it wakes its caller) and waits for
- * the next request; see "Waking the caller where it is" above. */
-static int commit_and_fetch(struct worker *w, int *res)
-{
-    struct dbm_uring *u = w->u;
-    struct sched_param sp = { 0 };
-    if (!__atomic_load_n(&u->local, __ATOMIC_RELAXED) || sched_setscheduler(0, SCHED_IDLE, &sp) < 0)
-        return ring_submit_wait(&w->ring, 1, res);
-    long n = syscall(__NR_io_uring_enter, w->ring.fd, 1, 0, 0, NULL, 0);
-    int err = n < 0 ? errno : 0;
-    if (sched_setscheduler(0, u->policy, &sp) < 0) {
-        /* the probe at start said it could; someone took the right away */
-        if (__atomic_exchange_n(&u->local, 0, __ATOMIC_RELAXED))
-            dbm_err("io_uring: a queue thread cannot leave SCHED_IDLE (%s); replies wake callers anywhere from now on",
-                    strerror(errno));
-        set_wake_why(u, "any (a queue thread could not leave SCHED_IDLE: see the log)");
-    }
-    if (n < 0)
-        return -err;
-    return ring_submit_wait(&w->ring, n == 1 ? 0 : 1, res);
-}
-
 /* The custom writev: the reply to this thread's ring request goes into the
  * entry; anything else goes to /dev/fuse as libfuse would have written it. */
 static ssize_t uring_writev(int fd, struct iovec *iov, int count, void *userdata)
@@ -432,6 +417,49 @@ static int shutting_down(int res)
     return res == -ENOTCONN || res == -ECONNABORTED || res == -ECANCELED;
 }
 
+/* A starting queue thread: publishes its tid (for on_pressure) and takes
+ * the policy of the moment. */
+static void follow_wakeup(struct worker *w)
+{
+    struct dbm_uring *u = w->u;
+    struct sched_param sp = { 0 };
+    pthread_mutex_lock(&u->mu);
+    w->tid = gettid();
+    /* going to SCHED_IDLE needs no right */
+    if (__atomic_load_n(&u->local, __ATOMIC_RELAXED) && !u->contended)
+        (void)sched_setscheduler(0, SCHED_IDLE, &sp);
+    pthread_mutex_unlock(&u->mu);
+}
+
+/* The guard's callback (its thread): every queue thread to the daemon's
+ * policy while CPUs are contended, to SCHED_IDLE once they are not. */
+static void on_pressure(void *arg, int contended)
+{
+    struct dbm_uring *u = arg;
+    struct sched_param sp = { 0 };
+    int policy = contended ? u->policy : SCHED_IDLE, failed = 0;
+    pthread_mutex_lock(&u->mu);
+    u->contended = contended;
+    u->spells += contended != 0;
+    unsigned long spells = u->spells;
+    for (unsigned qid = 0; u->q && qid < u->nq; qid++)
+        for (unsigned i = 0; i < u->q[qid].nworkers; i++) {
+            struct worker *w = &u->q[qid].w[i];
+            /* ESRCH: it has ended (stopping, or failed) */
+            if (w->tid && sched_setscheduler(w->tid, policy, &sp) < 0 && errno != ESRCH)
+                failed = errno;
+        }
+    pthread_mutex_unlock(&u->mu);
+    if (failed)
+        dbm_err("io_uring: cannot move queue threads to %s: %s", contended ? "the daemon's policy" : "SCHED_IDLE",
+                strerror(failed));
+    if (contended)
+        dbm_info("CPU contention (spell %lu): queue threads at the daemon's policy; replies wake callers anywhere "
+                 "until it passes", spells);
+    else
+        dbm_info("CPU contention over: queue threads at SCHED_IDLE; replies wake callers locally");
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -441,6 +469,9 @@ static void *worker_main(void *arg)
     CPU_SET(w->qid, &cpus);
     /* an offline CPU cannot be pinned to; the queue still needs its entry */
     (void)pthread_setaffinity_np(pthread_self(), sizeof cpus, &cpus);
+    char name[16];
+    snprintf(name, sizeof name, "dbm-uring-q%u", w->qid);
+    pthread_setname_np(pthread_self(), name); /* the tests tell queue threads by it */
     int res = 0, reregistered = 0;
     /* a single-issuer ring belongs to the thread that creates it */
     int rc = ring_open(&w->ring);
@@ -448,6 +479,10 @@ static void *worker_main(void *arg)
         set_failed(u, "cannot set up an io_uring: %s", -rc);
         return NULL;
     }
+    /* before registering, which waits for the first request; the io-wq
+     * threads the kernel starts for a registration refused before INIT
+     * (-EAGAIN) take this policy too, and sit idle afterwards */
+    follow_wakeup(w);
     rc = do_register(w, &res);
     for (;;) {
         while (rc == -EINTR && !__atomic_load_n(&u->stop, __ATOMIC_ACQUIRE))
@@ -468,7 +503,7 @@ static void *worker_main(void *arg)
         serve(w);
         struct uring_cmd_req req = { .commit_id = w->hdr->ent.commit_id, .qid = (uint16_t)w->qid };
         ring_push_cmd(&w->ring, u->fuse_fd, URING_CMD_COMMIT_AND_FETCH, NULL, &req);
-        rc = commit_and_fetch(w, &res);
+        rc = ring_submit_wait(&w->ring, 1, &res); /* commits (wakes the caller), waits for the next */
     }
     if (__atomic_load_n(&u->stop, __ATOMIC_ACQUIRE))
         return NULL;
@@ -545,6 +580,12 @@ static void decide_wakeup(struct dbm_uring *u)
         if (pthread_create(&th, NULL, probe_idle, u) == 0)
             pthread_join(th, &why);
     }
+    char gwhy[sizeof u->wake_why - 8], buf[sizeof u->wake_why];
+    if (!why && !(u->guard = dbm_cpuguard_start(on_pressure, u, gwhy, sizeof gwhy))) {
+        /* without it an idle-class thread could starve behind a busy CPU */
+        snprintf(buf, sizeof buf, "any (%s)", gwhy);
+        why = buf;
+    }
     if (!why)
         __atomic_store_n(&u->local, 1, __ATOMIC_RELAXED);
     else
@@ -606,7 +647,6 @@ int dbm_uring_start(struct dbm_uring *u, size_t max_write, struct dbm_fusepass *
     size_t need = max_write < 8192 ? 8192 : max_write;
     u->payload_len = (need + (size_t)page - 1) / (size_t)page * (size_t)page;
     u->fuse_fd = fuse_session_fd(u->se);
-    decide_wakeup(u);
     int ncpu = possible_cpus();
     if (ncpu > MAX_QUEUES)
         ncpu = MAX_QUEUES;
@@ -619,6 +659,7 @@ int dbm_uring_start(struct dbm_uring *u, size_t max_write, struct dbm_fusepass *
         set_failed(u, "%s", ENOMEM);
         return -ENOMEM;
     }
+    decide_wakeup(u); /* before the workers: each takes the policy it says */
     for (unsigned qid = 0; qid < u->nq; qid++)
         for (int i = 0; i < PER_QUEUE; i++)
             queue_add_worker(u, qid);
@@ -638,7 +679,9 @@ static void queue_add_worker(struct dbm_uring *u, unsigned qid)
     if (rc == 0)
         rc = -pthread_create(&w->th, NULL, worker_main, w);
     if (rc == 0) {
+        pthread_mutex_lock(&u->mu);
         q->nworkers = n + 1;
+        pthread_mutex_unlock(&u->mu);
     } else {
         free(w->hdr);
         free(w->block);
@@ -671,6 +714,8 @@ void dbm_uring_destroy(struct dbm_uring *u)
 {
     if (!u)
         return;
+    dbm_cpuguard_stop(u->guard); /* it walks the workers */
+    u->guard = NULL;
     __atomic_store_n(&u->stop, 1, __ATOMIC_RELEASE);
     /* wake them all first, so that they stop together, not one join at a time */
     for (unsigned qid = 0; u->q && qid < u->nq; qid++)
@@ -714,8 +759,13 @@ void dbm_uring_report(const struct dbm_uring *u, struct dbm_sbuf *b)
     if (st == ST_ACTIVE) {
         dbm_sbuf_kv(b, "fuse_transport", "io_uring");
         dbm_sbuf_kv(b, "fuse_transport_detail", "%u queues (one per CPU), %d threads each", u->nq, PER_QUEUE);
-        if (__atomic_load_n(&u->local, __ATOMIC_RELAXED))
+        pthread_mutex_lock((pthread_mutex_t *)&u->mu);
+        int contended = u->contended;
+        pthread_mutex_unlock((pthread_mutex_t *)&u->mu);
+        if (__atomic_load_n(&u->local, __ATOMIC_RELAXED) && !contended)
             dbm_sbuf_kv(b, "fuse_wakeup", "local (a reply wakes its caller on the CPU that served it)");
+        else if (__atomic_load_n(&u->local, __ATOMIC_RELAXED))
+            dbm_sbuf_kv(b, "fuse_wakeup", "any (tasks are waiting for CPUs; local again once they are not)");
         else
             dbm_sbuf_kv(b, "fuse_wakeup", "%s", wake_why);
         return;

@@ -24,13 +24,15 @@ enum dbm_uring_mode { DBM_URING_OFF, DBM_URING_AUTO };
 int dbm_uring_parse_mode(const char *s, enum dbm_uring_mode *out);
 
 /* Where a reply wakes the application (-o wakeup=...):
- * LOCAL  on the CPU that served its request, where it made it. A queue
- *        thread commits each reply as a SCHED_IDLE thread, which the
- *        scheduler counts as an idle CPU when it places the woken caller;
- *        otherwise it moves the caller to an idle CPU, and waking an idle
- *        vCPU costs more than the whole request (bench/README.md). Needs the
- *        right to leave SCHED_IDLE again (CAP_SYS_NICE or RLIMIT_NICE >= 20)
- *        and a SCHED_OTHER or SCHED_BATCH daemon; without them, ANY.
+ * LOCAL  on the CPU that served its request, where it made it. Queue
+ *        threads run at SCHED_IDLE, which the scheduler counts as an idle
+ *        CPU when it places the woken caller; otherwise it moves the caller
+ *        to an idle CPU, and waking an idle vCPU costs more than the whole
+ *        request (bench/README.md). While tasks wait for CPUs (cpuguard.h)
+ *        they run at the daemon's policy instead. Needs the right to leave
+ *        SCHED_IDLE again (CAP_SYS_NICE or RLIMIT_NICE >= 20), a SCHED_OTHER
+ *        or SCHED_BATCH daemon, and the kernel's CPU pressure; without them,
+ *        ANY.
  * ANY    wherever the scheduler likes. */
 enum dbm_wakeup_mode { DBM_WAKEUP_ANY, DBM_WAKEUP_LOCAL };
 

@@ -54,6 +54,33 @@ def idle_threads(m):
     return out
 
 
+def queue_threads(m):
+    """{tid: policy} of the daemon's FUSE queue threads."""
+    out = {}
+    for t in os.listdir(f"/proc/{m.proc.pid}/task"):
+        try:
+            if open(f"/proc/{m.proc.pid}/task/{t}/comm").read().startswith("dbm-uring-q"):
+                out[int(t)] = os.sched_getscheduler(int(t))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return out
+
+
+def others_idle(m):
+    """The daemon's threads at SCHED_IDLE other than queue threads (and the
+    kernel's io-wq threads of their rings)."""
+    q = queue_threads(m)
+    out = []
+    for t in idle_threads(m):
+        try:
+            comm = open(f"/proc/{m.proc.pid}/task/{t}/comm").read()
+        except FileNotFoundError:
+            continue
+        if int(t) not in q and not comm.startswith("iou-wrk"):
+            out.append((t, comm.strip()))
+    return out
+
+
 def serves(m):
     """A database works through mount m."""
     db = m.p("prod", "db", "t.db")
@@ -126,10 +153,16 @@ def test_io_uring_serves_writers_on_every_cpu(new_mount, uring_switch, mode):
     assert sql(db, "PRAGMA integrity_check;").stdout.strip() == "ok"
     commits = int(kv(open(m.p("prod", "info")).read())[f"db.u{mode}.db.commits"])
     assert commits >= 200 * ncpu
-    # a queue thread is at SCHED_IDLE only while it commits a reply: once
-    # the writers are done, none is (a thread left there would serve its
-    # next request at idle priority)
-    wait_for(lambda: not idle_threads(m), what="no daemon thread left at SCHED_IDLE")
+    # queue threads wait at SCHED_IDLE (while no task waits for a CPU: the
+    # writers may have made some); the threads handlers started (the
+    # syncer, here) run at the daemon's policy, not the idle one they would
+    # have inherited
+    wait_for(lambda: wakeup(m).startswith("local ("), timeout=30, what="no CPU contention")
+    q = queue_threads(m)
+    nq, per = (int(w) for w in detail.replace(",", " ").split() if w.isdigit())
+    assert len(q) == nq * per
+    assert set(q.values()) == {os.SCHED_IDLE}
+    assert not others_idle(m)
     # a clean unmount with the queue threads running
     m.stop()
     assert "queue thread did not stop" not in m.read_log()
@@ -154,6 +187,49 @@ def test_wakeup_local_without_cap_sys_nice_falls_back_and_says_why(new_mount, ur
     m.start("-o", "io_uring=auto")
     wait_for(lambda: m.transport() == "io_uring", what="io_uring transport")
     assert wakeup(m) == "any (leaving SCHED_IDLE needs CAP_SYS_NICE or RLIMIT_NICE >= 20)"
+    serves(m)
+    assert not idle_threads(m)
+
+
+def test_wakeup_local_yields_to_cpu_contention(new_mount, uring_switch):
+    """Queue threads at SCHED_IDLE would wait behind any task that wants
+    their CPU, and the requests with them: while tasks wait for CPUs they
+    run at the daemon's policy, and go back once the waiting stops."""
+    uring_switch("Y")
+    if not os.access("/proc/pressure/cpu", os.R_OK):
+        pytest.skip("no CPU pressure information (PSI) in this kernel")
+    m = new_mount(None, True, "-o", "io_uring=auto")
+    wait_for(lambda: m.transport() == "io_uring", what="io_uring transport")
+    wait_for(lambda: wakeup(m).startswith("local ("), timeout=30, what="no CPU contention")
+    assert set(queue_threads(m).values()) == {os.SCHED_IDLE}
+    # two CPU-bound processes per CPU: some always wait
+    hogs = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(2 * os.cpu_count())]
+    try:
+        wait_for(lambda: wakeup(m) == "any (tasks are waiting for CPUs; local again once they are not)",
+                 timeout=20, what="the daemon to see the contention")
+        assert set(queue_threads(m).values()) == {os.SCHED_OTHER}
+        serves(m)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    wait_for(lambda: wakeup(m).startswith("local ("), timeout=30, what="the contention to be over")
+    assert set(queue_threads(m).values()) == {os.SCHED_IDLE}
+    assert sql(m.p("prod", "db", "t.db"), "INSERT INTO t VALUES (2); SELECT count(*) FROM t;").stdout.strip() == "2"
+    log = m.read_log()
+    assert "CPU contention (spell 1): queue threads at the daemon's policy" in log
+    assert "CPU contention over: queue threads at SCHED_IDLE" in log
+
+
+def test_wakeup_local_without_cpu_pressure_falls_back_and_says_why(new_mount, uring_switch):
+    """Without CPU pressure information nothing would tell an idle-class
+    queue thread it is starving: the daemon never uses it."""
+    uring_switch("Y")
+    m = new_mount(None, False)
+    m.wrapper = ["env", "DBMOVEFS_PSI_CPU=/nonexistent/pressure"]
+    m.start("-o", "io_uring=auto")
+    wait_for(lambda: m.transport() == "io_uring", what="io_uring transport")
+    assert wakeup(m) == "any (cannot read CPU pressure from /nonexistent/pressure: No such file or directory)"
     serves(m)
     assert not idle_threads(m)
 

@@ -1,0 +1,37 @@
+/* thread.c - see thread.h. */
+#include "thread.h"
+
+#include <errno.h>
+#include <sched.h>
+
+static int start_policy = SCHED_OTHER;
+static struct sched_param start_param;
+
+/* Runs before main(), on the main thread: the policy the daemon was given. */
+__attribute__((constructor)) static void remember_policy(void)
+{
+    int p = sched_getscheduler(0);
+    if (p >= 0 && sched_getparam(0, &start_param) == 0)
+        start_policy = p;
+}
+
+int dbm_thread_start(pthread_t *th, const char *name, void *(*fn)(void *), void *arg)
+{
+    int self = sched_getscheduler(0);
+    pthread_attr_t a;
+    int rc = pthread_attr_init(&a);
+    if (rc != 0)
+        return -rc;
+    int explicit = self != start_policy && pthread_attr_setinheritsched(&a, PTHREAD_EXPLICIT_SCHED) == 0 &&
+                   pthread_attr_setschedpolicy(&a, start_policy) == 0 &&
+                   pthread_attr_setschedparam(&a, &start_param) == 0;
+    rc = pthread_create(th, explicit ? &a : NULL, fn, arg);
+    /* leaving SCHED_IDLE takes a right the daemon may lack: then the thread
+     * inherits, as it would have without this */
+    if (rc == EPERM && explicit)
+        rc = pthread_create(th, NULL, fn, arg);
+    pthread_attr_destroy(&a);
+    if (rc == 0)
+        pthread_setname_np(*th, name);
+    return -rc;
+}

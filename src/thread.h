@@ -1,0 +1,17 @@
+/* thread.h - threads the daemon starts while it serves requests.
+ *
+ * Why: FUSE queue threads may run at SCHED_IDLE (fuseuring.h), and a thread
+ * inherits the policy of the thread that starts it; an export producer or
+ * the syncer started from a request handler would then run at idle
+ * priority and stall whenever the CPUs are busy. */
+#ifndef DBM_THREAD_H
+#define DBM_THREAD_H
+
+#include <pthread.h>
+
+/* pthread_create() at the scheduling policy the process started with,
+ * whatever the calling thread's, named name (at most 15 bytes, for top -H;
+ * a thread inherits its starter's name otherwise). 0 or -errno. */
+int dbm_thread_start(pthread_t *th, const char *name, void *(*fn)(void *), void *arg);
+
+#endif
