@@ -146,7 +146,7 @@ struct dbm_uring {
     enum dbm_wakeup_mode wakeup;  /* as asked */
     _Atomic int local;            /* wakeup=local in effect: the guard runs */
     int policy;                   /* the daemon's policy: queue threads' while CPUs are contended */
-    struct dbm_cpuguard *guard;   /* with local */
+    struct dbm_cpuguard *guard;   /* with local; taken (atomic exchange) by whoever stops it */
     pthread_mutex_t mu;           /* protects why, wake_why, contended, spells, nworkers, tid; a leaf */
     int contended;                /* tasks wait for CPUs: queue threads at policy, not SCHED_IDLE */
     unsigned long spells;         /* contended spells so far */
@@ -390,9 +390,11 @@ static void set_failed(struct dbm_uring *u, const char *fmt, int err)
     if (first)
         memcpy(u->why, why, sizeof why);
     pthread_mutex_unlock(&u->mu);
-    if (first)
+    if (first) {
         dbm_warn("FUSE over io_uring not used: %s; /dev/fuse serves the mount", why);
-    else if (expect == ST_ACTIVE)
+        /* nothing left for it to move (not under u->mu: its callback takes it) */
+        dbm_cpuguard_stop(__atomic_exchange_n(&u->guard, NULL, __ATOMIC_ACQ_REL));
+    } else if (expect == ST_ACTIVE)
         dbm_err("io_uring: a queue thread ended: %s", why);
 }
 
@@ -581,7 +583,9 @@ static void decide_wakeup(struct dbm_uring *u)
             pthread_join(th, &why);
     }
     char gwhy[sizeof u->wake_why - 8], buf[sizeof u->wake_why];
-    if (!why && !(u->guard = dbm_cpuguard_start(on_pressure, u, gwhy, sizeof gwhy))) {
+    struct dbm_cpuguard *g = why ? NULL : dbm_cpuguard_start(on_pressure, u, gwhy, sizeof gwhy);
+    __atomic_store_n(&u->guard, g, __ATOMIC_RELEASE);
+    if (!why && !g) {
         /* without it an idle-class thread could starve behind a busy CPU */
         snprintf(buf, sizeof buf, "any (%s)", gwhy);
         why = buf;
@@ -714,8 +718,7 @@ void dbm_uring_destroy(struct dbm_uring *u)
 {
     if (!u)
         return;
-    dbm_cpuguard_stop(u->guard); /* it walks the workers */
-    u->guard = NULL;
+    dbm_cpuguard_stop(__atomic_exchange_n(&u->guard, NULL, __ATOMIC_ACQ_REL)); /* it walks the workers */
     __atomic_store_n(&u->stop, 1, __ATOMIC_RELEASE);
     /* wake them all first, so that they stop together, not one join at a time */
     for (unsigned qid = 0; u->q && qid < u->nq; qid++)
