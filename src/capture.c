@@ -181,6 +181,7 @@ static int read_dbhdr(struct base *b, struct dbm_dbhdr *h, uint64_t *size)
 /* A transaction being recorded in batches: memory stays at BATCH_PAGES
  * pages whatever the transaction's size. */
 #define BATCH_BYTES (1u << 20)
+#define WAL_KEEP_FRAMES 16 /* frames a capture keeps from its check for its record (64 KiB at 4 KiB pages) */
 
 struct batch {
     struct base *b;
@@ -642,22 +643,34 @@ static int wal_capture_one(struct base *b, uint64_t limit)
     size_t fsz = DBM_WAL_FRAME_HDR_SIZE + ps;
     struct walval *v = wv_get(b);
     int rc = 0;
+    /* the first frames read here are kept, so that a small transaction's
+     * pages are recorded from the bytes their checksums were checked on,
+     * without reading them again: [cached_from, cached_from + ncached) */
+    uint8_t *cache = NULL;
+    uint64_t cached_from = v->end, ncached = 0;
     if (!v->commit_pages && v->end <= limit) {
-        uint8_t *frame = malloc(fsz);
-        if (!frame)
+        uint64_t keep = limit - v->end < WAL_KEEP_FRAMES ? limit - v->end + 1 : WAL_KEEP_FRAMES;
+        cache = malloc((size_t)(keep + 1) * fsz); /* and one slot for the frames past them */
+        if (!cache)
             return -ENOMEM;
         for (uint64_t i = v->end; !v->commit_pages && i <= limit; i++) {
+            uint8_t *frame = cache + (size_t)(i - cached_from < keep ? i - cached_from : keep) * fsz;
             if (dbm_pread_all(b->wal->fd, frame, fsz, (off_t)dbm_wal_frame_off(ps, i)) != (ssize_t)fsz)
                 break; /* not written yet */
+            if (i - cached_from < keep)
+                ncached = i - cached_from + 1;
             if ((rc = wv_add(b, v, frame, frame + DBM_WAL_FRAME_HDR_SIZE)) != 1)
                 break; /* not complete (or a later generation's leftovers) */
         }
-        free(frame);
-        if (rc < 0)
+        if (rc < 0) {
+            free(cache);
             return rc;
+        }
     }
-    if (!v->commit_pages)
+    if (!v->commit_pages) {
+        free(cache);
         return 0;
+    }
     /* the last frame of each page wins; pages past the new size are dropped */
     size_t n = (size_t)(v->end - v->start);
     uint32_t commit_pages = v->commit_pages;
@@ -671,9 +684,12 @@ static int wal_capture_one(struct base *b, uint64_t limit)
     for (size_t i = 0; i < n; i++) {
         if ((i > 0 && v->refs[i].pgno == v->refs[i - 1].pgno) || v->refs[i].pgno > commit_pages)
             continue;
-        off_t off = (off_t)dbm_wal_frame_off(ps, v->start + v->refs[i].idx) + DBM_WAL_FRAME_HDR_SIZE;
+        uint64_t f = v->start + v->refs[i].idx;
+        off_t off = (off_t)dbm_wal_frame_off(ps, f) + DBM_WAL_FRAME_HDR_SIZE;
         uint8_t *slot = batch_slot(&bt);
-        if (dbm_pread_all(b->wal->fd, slot, ps, off) != (ssize_t)ps) {
+        if (f >= cached_from && f - cached_from < ncached)
+            memcpy(slot, cache + (size_t)(f - cached_from) * fsz + DBM_WAL_FRAME_HDR_SIZE, ps);
+        else if (dbm_pread_all(b->wal->fd, slot, ps, off) != (ssize_t)ps) {
             rc = -EIO;
             goto out;
         }
@@ -693,6 +709,7 @@ static int wal_capture_one(struct base *b, uint64_t limit)
     }
 out:
     batch_end(&bt);
+    free(cache);
     if (v->cap > 4096) { /* a big transaction's list: not kept for the small ones */
         free(v->refs);
         v->refs = NULL;
