@@ -147,7 +147,7 @@ struct dbm_uring {
     _Atomic int local;            /* wakeup=local in effect: the guard runs */
     int policy;                   /* the daemon's policy: queue threads' while CPUs are contended */
     struct dbm_cpuguard *guard;   /* with local; taken (atomic exchange) by whoever stops it */
-    pthread_mutex_t mu;           /* protects why, wake_why, contended, spells, nworkers, tid; a leaf */
+    pthread_mutex_t mu;           /* protects why, wake_why, contended, spells, workers' tid; a leaf */
     int contended;                /* tasks wait for CPUs: queue threads at policy, not SCHED_IDLE */
     unsigned long spells;         /* contended spells so far */
     char why[200];                /* why /dev/fuse serves the mount */
@@ -444,11 +444,13 @@ static void on_pressure(void *arg, int contended)
     u->contended = contended;
     u->spells += contended != 0;
     unsigned long spells = u->spells;
+    /* every slot: a worker publishes its tid (and takes the policy of the
+     * moment) itself, and clears it as it ends, so that a tid the kernel
+     * gives to someone else later is never touched */
     for (unsigned qid = 0; u->q && qid < u->nq; qid++)
-        for (unsigned i = 0; i < u->q[qid].nworkers; i++) {
+        for (unsigned i = 0; i < PER_QUEUE; i++) {
             struct worker *w = &u->q[qid].w[i];
-            /* ESRCH: it has ended (stopping, or failed) */
-            if (w->tid && sched_setscheduler(w->tid, policy, &sp) < 0 && errno != ESRCH)
+            if (w->tid && sched_setscheduler(w->tid, policy, &sp) < 0)
                 failed = errno;
         }
     pthread_mutex_unlock(&u->mu);
@@ -462,9 +464,20 @@ static void on_pressure(void *arg, int contended)
         dbm_info("CPU contention over: queue threads at SCHED_IDLE; replies wake callers locally");
 }
 
+static void *worker_run(struct worker *w);
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
+    void *r = worker_run(w);
+    pthread_mutex_lock(&w->u->mu);
+    w->tid = 0;
+    pthread_mutex_unlock(&w->u->mu);
+    return r;
+}
+
+static void *worker_run(struct worker *w)
+{
     struct dbm_uring *u = w->u;
     cpu_set_t cpus;
     CPU_ZERO(&cpus);
@@ -683,13 +696,13 @@ static void queue_add_worker(struct dbm_uring *u, unsigned qid)
     if (rc == 0)
         rc = -pthread_create(&w->th, NULL, worker_main, w);
     if (rc == 0) {
-        pthread_mutex_lock(&u->mu);
         q->nworkers = n + 1;
-        pthread_mutex_unlock(&u->mu);
     } else {
         free(w->hdr);
         free(w->block);
+        pthread_mutex_lock(&u->mu); /* on_pressure reads the slot's tid */
         memset(w, 0, sizeof *w);
+        pthread_mutex_unlock(&u->mu);
         if (n == 0)
             set_failed(u, "cannot start a queue thread: %s", -rc);
         else

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -99,6 +100,8 @@ static struct dbfile *file_add(struct dbm_livedb *l, const char *name)
 
 static void file_free(struct dbfile *f)
 {
+    if (f->hdr_map)
+        munmap(f->hdr_map, JHDR_MAP_LEN);
     if (f->fd >= 0)
         close(f->fd);
     dbm_locktab_free(&f->locks);
@@ -559,6 +562,8 @@ int dbm_livedb_truncate(struct dbm_livedb *l, uint64_t id, uint64_t size, struct
     pthread_mutex_lock(&b->mu);
     if (f->kind == DBM_SQLFILE_JOURNAL && size == 0 && (rc = dbm_cap_journal_commit(b, JM_TRUNCATE)) < 0)
         goto out;
+    if (f->kind == DBM_SQLFILE_JOURNAL && size < JHDR_MAP_MIN)
+        f->hdr_ok = 0; /* its mapped header may be past the end from now on (livedb_i.h) */
     if (f->kind == DBM_SQLFILE_WAL && b->wal == f && (rc = dbm_cap_wal_sync(b)) < 0)
         goto out;
     if (f->kind == DBM_SQLFILE_DB && b->db == f && dbm_dur_active(b)) {

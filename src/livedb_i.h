@@ -35,6 +35,11 @@ struct dbfile {
     int unlinked;
     int pt_id;         /* passthrough backing id while pt_open > 0, else 0 (livedb.mu) */
     unsigned pt_open;  /* open handles in passthrough (livedb.mu) */
+    /* A journal's first page, mapped once its header was read whole: the
+     * file only shrinks through dbm_livedb_truncate, which clears hdr_ok
+     * first, so the mapping is read only while it cannot fault. (base.mu) */
+    void *hdr_map;
+    int hdr_ok;
     pthread_mutex_t mu;
     pthread_cond_t cv; /* a lock was released */
     struct dbm_locktab locks;
@@ -68,7 +73,10 @@ struct walval {
     uint64_t page_frame;      /* 1 + the last frame whose page was written before its header (0: none) */
 };
 
+#define JHDR_ID_OFF 12 /* journal header: nonce, original size, sector size, page size */
 #define JHDR_ID_LEN 16
+#define JHDR_MAP_LEN 4096 /* a journal's first page, mapped for its header (struct dbfile) */
+#define JHDR_MAP_MIN (JHDR_ID_OFF + JHDR_ID_LEN) /* the header bytes read from it */
 
 struct base {
     char name[DBM_DB_NAME_MAX + 1];
