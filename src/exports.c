@@ -271,12 +271,17 @@ static void *produce(void *arg)
     int rc = dbm_bacpac_produce(&p, sink, &c, cancelled, sha, &size);
     if (rc == 0)
         rc = publish(e, sha, size);
+    /* dbm_export_get relabels under x->mu, maybe while this runs */
+    char label[sizeof e->label];
+    pthread_mutex_lock(&e->x->mu);
+    memcpy(label, e->label, sizeof label);
+    pthread_mutex_unlock(&e->x->mu);
     if (rc < 0) {
         unlinkat(e->x->dirfd, cache_name(e->key, SUFFIX_PART).s, 0);
         if (rc != -ECANCELED)
-            dbm_err("export %s failed: %s", e->label, strerror(-rc));
+            dbm_err("export %s failed: %s", label, strerror(-rc));
     } else {
-        dbm_info("export %s produced: %llu bytes in %.2f s", e->label, (unsigned long long)size,
+        dbm_info("export %s produced: %llu bytes in %.2f s", label, (unsigned long long)size,
                  (double)(dbm_now_ns() - t0) / 1e9);
     }
     pthread_mutex_lock(&e->x->mu);

@@ -1,5 +1,5 @@
 /* log.c - see log.h. The sink and level are process-wide: set once at start,
- * the level may change on SIGHUP (an int store, read without a lock). */
+ * the level may change on SIGHUP while any thread logs (a relaxed atomic). */
 #include "log.h"
 
 #include <errno.h>
@@ -10,7 +10,7 @@
 #include <time.h>
 
 static int use_syslog;
-static volatile int cur_level = DBM_LOG_INFO;
+static _Atomic int cur_level = DBM_LOG_INFO;
 
 static const char *const names[] = { "error", "warning", "notice", "info", "debug" };
 static const int syslog_prio[] = { LOG_ERR, LOG_WARNING, LOG_NOTICE, LOG_INFO, LOG_DEBUG };
@@ -18,12 +18,12 @@ static const int syslog_prio[] = { LOG_ERR, LOG_WARNING, LOG_NOTICE, LOG_INFO, L
 void dbm_log_setup(int to_syslog, enum dbm_log_level level)
 {
     use_syslog = to_syslog;
-    cur_level = level;
+    __atomic_store_n(&cur_level, (int)level, __ATOMIC_RELAXED);
     if (to_syslog)
         openlog("dbmovefs", LOG_PID | LOG_NDELAY, LOG_DAEMON);
 }
 
-void dbm_log_set_level(enum dbm_log_level level) { cur_level = level; }
+void dbm_log_set_level(enum dbm_log_level level) { __atomic_store_n(&cur_level, (int)level, __ATOMIC_RELAXED); }
 
 int dbm_log_parse_level(const char *s, enum dbm_log_level *out)
 {
@@ -38,7 +38,7 @@ int dbm_log_parse_level(const char *s, enum dbm_log_level *out)
 
 void dbm_log(enum dbm_log_level level, const char *fmt, ...)
 {
-    if ((int)level > cur_level)
+    if ((int)level > __atomic_load_n(&cur_level, __ATOMIC_RELAXED))
         return;
     int saved = errno; /* logging must not clobber the caller's errno */
     char msg[1024];
