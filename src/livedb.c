@@ -395,6 +395,14 @@ int dbm_livedb_create(struct dbm_livedb *l, const char *name, int flags, uint64_
         dbm_notice("%s: refusing to create db/%s: accepted names are " ALLOWED_NAMES, l->env, name);
         return -EPERM;
     }
+    /* a new file fills its base's slot (b->wal, ...), which capture reads
+     * under base.mu: taken first, in the lock order (bases live until close) */
+    pthread_mutex_lock(&l->mu);
+    struct base *b = base_get(l, basename);
+    pthread_mutex_unlock(&l->mu);
+    if (!b)
+        return -ENOMEM;
+    pthread_mutex_lock(&b->mu);
     pthread_mutex_lock(&l->mu);
     int rc = 0;
     struct dbfile *f = file_by_name(l, name);
@@ -438,6 +446,7 @@ int dbm_livedb_create(struct dbm_livedb *l, const char *name, int flags, uint64_
     *id = f->id;
 out:
     pthread_mutex_unlock(&l->mu);
+    pthread_mutex_unlock(&b->mu);
     return rc;
 }
 
