@@ -69,6 +69,7 @@
 #include "fusepass.h"
 #include "log.h"
 #include "strutil.h"
+#include "thread.h"
 
 /* The FUSE-over-io_uring ABI (kernel 6.14, protocol 7.42). Debian 12's
  * <linux/fuse.h> predates it, so the layout is declared here; the sizes are
@@ -145,7 +146,6 @@ struct dbm_uring {
     _Atomic int stop;
     enum dbm_wakeup_mode wakeup;  /* as asked */
     _Atomic int local;            /* wakeup=local in effect: the guard runs */
-    int policy;                   /* the daemon's policy: queue threads' while CPUs are contended */
     struct dbm_cpuguard *guard;   /* with local; taken (atomic exchange) by whoever stops it */
     pthread_mutex_t mu;           /* protects why, wake_why, contended, spells, workers' tid; a leaf */
     int contended;                /* tasks wait for CPUs: queue threads at policy, not SCHED_IDLE */
@@ -439,7 +439,7 @@ static void on_pressure(void *arg, int contended)
 {
     struct dbm_uring *u = arg;
     struct sched_param sp = { 0 };
-    int policy = contended ? u->policy : SCHED_IDLE, failed = 0;
+    int policy = contended ? dbm_thread_policy() : SCHED_IDLE, failed = 0;
     pthread_mutex_lock(&u->mu);
     u->contended = contended;
     u->spells += contended != 0;
@@ -576,12 +576,12 @@ static void wake_handler(int sig)
  * thread of its own, which ends either way (stuck at SCHED_IDLE if not). */
 static void *probe_idle(void *arg)
 {
-    struct dbm_uring *u = arg;
+    (void)arg;
     struct sched_param sp = { 0 };
-    u->policy = sched_getscheduler(0);
-    if (u->policy != SCHED_OTHER && u->policy != SCHED_BATCH)
+    int policy = dbm_thread_policy(); /* queue threads' while CPUs are contended */
+    if (policy != SCHED_OTHER && policy != SCHED_BATCH)
         return (void *)"any (the daemon runs under a real-time or idle policy)";
-    if (sched_setscheduler(0, SCHED_IDLE, &sp) < 0 || sched_setscheduler(0, u->policy, &sp) < 0)
+    if (sched_setscheduler(0, SCHED_IDLE, &sp) < 0 || sched_setscheduler(0, policy, &sp) < 0)
         return (void *)"any (leaving SCHED_IDLE needs CAP_SYS_NICE or RLIMIT_NICE >= 20)";
     return NULL;
 }

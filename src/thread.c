@@ -15,6 +15,8 @@ __attribute__((constructor)) static void remember_policy(void)
         start_policy = p;
 }
 
+int dbm_thread_policy(void) { return start_policy; }
+
 int dbm_thread_start(pthread_t *th, const char *name, void *(*fn)(void *), void *arg)
 {
     int self = sched_getscheduler(0);

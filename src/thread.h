@@ -14,4 +14,7 @@
  * a thread inherits its starter's name otherwise). 0 or -errno. */
 int dbm_thread_start(pthread_t *th, const char *name, void *(*fn)(void *), void *arg);
 
+/* The scheduling policy the process started with (SCHED_OTHER, ...). */
+int dbm_thread_policy(void);
+
 #endif
