@@ -479,6 +479,10 @@ static void *worker_main(void *arg)
 static void *worker_run(struct worker *w)
 {
     struct dbm_uring *u = w->u;
+    /* first: the io-wq threads the kernel starts for a registration refused
+     * before INIT (-EAGAIN) take this policy too, and a thread that carries
+     * the queue name (below) already has the policy of the moment */
+    follow_wakeup(w);
     cpu_set_t cpus;
     CPU_ZERO(&cpus);
     CPU_SET(w->qid, &cpus);
@@ -494,10 +498,6 @@ static void *worker_run(struct worker *w)
         set_failed(u, "cannot set up an io_uring: %s", -rc);
         return NULL;
     }
-    /* before registering, which waits for the first request; the io-wq
-     * threads the kernel starts for a registration refused before INIT
-     * (-EAGAIN) take this policy too, and sit idle afterwards */
-    follow_wakeup(w);
     rc = do_register(w, &res);
     for (;;) {
         while (rc == -EINTR && !__atomic_load_n(&u->stop, __ATOMIC_ACQUIRE))
