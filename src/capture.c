@@ -160,16 +160,13 @@ static uint32_t committed_pages(const struct dbm_dbhdr *h, uint64_t fsz)
 static int read_dbhdr(struct base *b, struct dbm_dbhdr *h, uint64_t *size)
 {
     uint8_t buf[100];
-    struct stat st;
     int rc = dbm_cap_ensure_fd(b->l, b->db);
     if (rc < 0)
         return rc;
     if (dbm_dur_active(b))
         *size = dbm_dur_size(b);
-    else if (fstat(b->db->fd, &st) < 0)
-        return -errno;
-    else
-        *size = (uint64_t)st.st_size;
+    else if ((rc = dbm_fd_size(b->db->fd, size)) < 0)
+        return rc;
     if (*size < 100)
         return -ENODATA;
     ssize_t n = dbm_dur_pread(b, buf, sizeof buf, 0);
@@ -825,16 +822,16 @@ int dbm_cap_wal_sync(struct base *b)
         dbm_dur_wal_restarted(b); /* SQLite starts a generation only once every frame is checkpointed */
     if (!b->wal_ok)
         return 0;
-    struct stat st;
-    if (fstat(b->wal->fd, &st) < 0)
-        return -errno;
+    uint64_t wsize;
+    int rc = dbm_fd_size(b->wal->fd, &wsize);
+    if (rc < 0)
+        return rc;
     uint64_t fsz = DBM_WAL_FRAME_HDR_SIZE + b->wh.page_size;
-    if ((uint64_t)st.st_size < DBM_WAL_HDR_SIZE + fsz)
+    if (wsize < DBM_WAL_HDR_SIZE + fsz)
         return 0;
-    uint64_t last = ((uint64_t)st.st_size - DBM_WAL_HDR_SIZE) / fsz - 1;
+    uint64_t last = (wsize - DBM_WAL_HDR_SIZE) / fsz - 1;
     if (last < b->next_frame)
         return 0;
-    int rc;
     while ((rc = wal_capture_one(b, last)) == 1)
         ;
     if (rc < 0 && b->wv.commit_pages)
@@ -863,17 +860,17 @@ enum { SUPER_NONE, SUPER_PENDING, SUPER_COMMITTED };
 
 int dbm_cap_journal_super(struct base *b, char *name, size_t n)
 {
-    struct stat st;
+    uint64_t jsize;
     uint8_t tail[16];
     int fd = b->journal ? b->journal->fd : -1;
-    if (fd < 0 || fstat(fd, &st) < 0 || st.st_size < 20 ||
-        dbm_pread_all(fd, tail, sizeof tail, st.st_size - 16) != sizeof tail ||
-        !dbm_journal_names_super(tail, (uint64_t)st.st_size))
+    if (fd < 0 || dbm_fd_size(fd, &jsize) < 0 || jsize < 20 ||
+        dbm_pread_all(fd, tail, sizeof tail, (off_t)jsize - 16) != sizeof tail ||
+        !dbm_journal_names_super(tail, jsize))
         return 0;
     if (!name)
         return 1;
     uint32_t len = be32(tail);
-    if (len >= n || dbm_pread_all(fd, name, len, st.st_size - 16 - len) != (ssize_t)len)
+    if (len >= n || dbm_pread_all(fd, name, len, (off_t)(jsize - 16 - len)) != (ssize_t)len)
         return 0;
     name[len] = 0;
     return 1;

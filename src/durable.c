@@ -268,14 +268,12 @@ int dbm_dur_write(struct base *b, const void *buf, size_t size, off_t off)
         return rc < 0 ? rc : 0;
     }
     if (!b->sh_active) {
-        struct stat st;
+        uint64_t dsize;
         int rc = shadow_fd(b);
-        if (rc < 0)
+        if (rc < 0 || (rc = dbm_fd_size(b->db->fd, &dsize)) < 0)
             return rc;
-        if (fstat(b->db->fd, &st) < 0)
-            return -errno;
         b->hdr_ps = ps;
-        __atomic_store_n(&b->sh_size, (uint64_t)st.st_size, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->sh_size, dsize, __ATOMIC_RELAXED);
         __atomic_store_n(&b->sh_active, 1, __ATOMIC_RELEASE);
     } else if (ps != b->hdr_ps) {
         int rc = dbm_dur_go_legacy(b); /* VACUUM into a new page size: not worth a shadow */
@@ -318,8 +316,8 @@ static int shadow_copy(struct base *b)
             rc = -errno;
     }
     free(page);
-    struct stat st;
-    if (rc == 0 && fstat(b->db->fd, &st) == 0 && (uint64_t)st.st_size != b->sh_size &&
+    uint64_t dsize;
+    if (rc == 0 && dbm_fd_size(b->db->fd, &dsize) == 0 && dsize != b->sh_size &&
         ftruncate(b->db->fd, (off_t)b->sh_size) < 0)
         rc = -errno;
     return rc;
@@ -331,11 +329,12 @@ int dbm_dur_prepare_commit(struct base *b)
         return 0;
     /* reserve the blocks the copy will need before anything is recorded, so
      * that a full disk refuses the commit instead of failing it half-applied */
-    struct stat st;
-    if (fstat(b->db->fd, &st) < 0)
-        return -errno;
-    if (b->sh_size > (uint64_t)st.st_size &&
-        fallocate(b->db->fd, FALLOC_FL_KEEP_SIZE, st.st_size, (off_t)(b->sh_size - (uint64_t)st.st_size)) < 0 &&
+    uint64_t dsize;
+    int rc = dbm_fd_size(b->db->fd, &dsize);
+    if (rc < 0)
+        return rc;
+    if (b->sh_size > dsize &&
+        fallocate(b->db->fd, FALLOC_FL_KEEP_SIZE, (off_t)dsize, (off_t)(b->sh_size - dsize)) < 0 &&
         errno != EOPNOTSUPP)
         return -errno;
     return 0;

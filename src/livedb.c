@@ -615,9 +615,9 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
     }
     if (f->kind == DBM_SQLFILE_DB) {
         uint64_t max = __atomic_load_n(&b->l->max_db_bytes, __ATOMIC_RELAXED);
-        struct stat st;
-        if (max && (uint64_t)off + size > max && fstat(f->fd, &st) == 0 &&
-            (uint64_t)off + size > (dbm_dur_active(b) ? dbm_dur_size(b) : (uint64_t)st.st_size)) {
+        uint64_t dsize;
+        if (max && (uint64_t)off + size > max && dbm_fd_size(f->fd, &dsize) == 0 &&
+            (uint64_t)off + size > (dbm_dur_active(b) ? dbm_dur_size(b) : dsize)) {
             dbm_notice("%s/%s: write refused: the database would grow past max_db_size (%llu bytes)", b->l->env,
                        b->name, (unsigned long long)max);
             ret = -ENOSPC;

@@ -48,6 +48,15 @@ int dbm_pwrite_all(int fd, const void *buf, size_t n, off_t off)
     return 0;
 }
 
+int dbm_fd_size(int fd, uint64_t *size)
+{
+    off_t end = lseek(fd, 0, SEEK_END);
+    if (end < 0)
+        return -errno;
+    *size = (uint64_t)end;
+    return 0;
+}
+
 ssize_t dbm_pread_all(int fd, void *buf, size_t n, off_t off)
 {
     char *p = buf;
