@@ -97,6 +97,25 @@ def others_idle(m):
     return out
 
 
+def pinned_others(m):
+    """The daemon's threads, other than queue threads (and the kernel's io-wq
+    threads), whose CPUs differ from the main thread's."""
+    def cpus(t):
+        for line in open(f"/proc/{m.proc.pid}/task/{t}/status"):
+            if line.startswith("Cpus_allowed_list:"):
+                return line.split(":", 1)[1].strip()
+    want = cpus(m.proc.pid)
+    out = []
+    for t in os.listdir(f"/proc/{m.proc.pid}/task"):
+        try:
+            comm = open(f"/proc/{m.proc.pid}/task/{t}/comm").read().strip()
+            if not comm.startswith(("dbm-uring-q", "iou-wrk")) and cpus(t) != want:
+                out.append((t, comm, cpus(t)))
+        except FileNotFoundError:
+            pass
+    return out
+
+
 def serves(m):
     """A database works through mount m."""
     db = m.p("prod", "db", "t.db")
@@ -173,11 +192,12 @@ def test_io_uring_serves_writers_on_every_cpu(new_mount, uring_switch, mode):
     # queue threads wait at SCHED_IDLE (while no task waits for a CPU: the
     # writers may have made some); the threads handlers started (the
     # syncer, here) run at the daemon's policy, not the idle one they would
-    # have inherited
+    # have inherited, and on all its CPUs, not the one queue thread's
     nq, per = (int(w) for w in detail.replace(",", " ").split() if w.isdigit())
     wait_for(lambda: settled(m, LOCAL, os.SCHED_IDLE, nq * per), timeout=30,
              what=f"all {nq * per} queue threads at SCHED_IDLE without CPU contention")
     assert not others_idle(m)
+    assert not pinned_others(m)
     # a clean unmount with the queue threads running
     m.stop()
     assert "queue thread did not stop" not in m.read_log()
