@@ -1,5 +1,5 @@
-"""Small transactions: one row per transaction, synchronous=FULL, native vs mount, DELETE and WAL.
-Then one more run through the mount under `strace -c -f -p DAEMON` to count the daemon's
+"""Small transactions: one row per transaction, synchronous=FULL, native vs mount, DELETE and WAL,
+with the block device's write and flush requests per commit on each side. Then one more run through the mount under `strace -c -f -p DAEMON` to count the daemon's
 system calls per commit (not timed)."""
 
 import os
@@ -15,17 +15,43 @@ CLIENT = os.path.join(B.BENCH, "smalltx_client.py")
 TARGETS = {"delete": 1.0, "wal": 0.8}
 
 
-def one(path, mode, n):
+def disk_counts(path):
+    """(write requests, flush requests) completed so far by the block device holding path
+    (/sys/dev/block/MAJ:MIN/stat; the whole device, so other writers count too), or None."""
+    st = os.stat(path)
+    try:
+        with open("/sys/dev/block/%d:%d/stat" % (os.major(st.st_dev), os.minor(st.st_dev))) as f:
+            v = [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return None
+    return (v[4], v[15] if len(v) > 15 else 0)  # writes completed; flushes completed (Linux 5.5+)
+
+
+def one(path, mode, n, disk=None, disk_path=None):
+    """commits/s of one client run; disk: a list that gets (device writes, flushes) per commit
+    of the device holding disk_path (the state directory, for a mount)."""
     for sfx in ("", "-journal", "-wal", "-shm"):
         if os.path.exists(path + sfx):
             os.unlink(path + sfx)
+    before = disk_counts(disk_path) if disk_path else None
     r = subprocess.run([PY, CLIENT, path, mode, str(n)], capture_output=True, text=True)
+    after = disk_counts(disk_path) if disk_path else None
     if r.returncode != 0:
         raise RuntimeError("smalltx client on %s failed (%d): %s %s" % (path, r.returncode, r.stdout, r.stderr))
     dt, rows = r.stdout.split()
     if int(rows) != n:
         raise RuntimeError("smalltx on %s: %s rows, expected %d" % (path, rows, n))
+    if disk is not None and before and after:
+        disk.append(((after[0] - before[0]) / n, (after[1] - before[1]) / n))
     return n / float(dt)
+
+
+def disk_pairs(mode, side, disk):
+    """Result lines for the device writes and flushes per commit (medians over the runs)."""
+    if not disk:
+        return []
+    return [("%s_%s_device_writes_per_commit" % (mode, side), B.fmt(B.median([d[0] for d in disk]), 2)),
+            ("%s_%s_device_flushes_per_commit" % (mode, side), B.fmt(B.median([d[1] for d in disk]), 2))]
 
 
 def strace_counts(m, path, mode, n):
@@ -62,12 +88,12 @@ def bench(outdir, quick):
     with B.Workdir("smalltx") as w:
         m = w.start()
         for mode in ("delete", "wal"):
-            nat, mnt = [], []
+            nat, mnt, nat_disk, mnt_disk = [], [], [], []
             for i in range(reps):
-                nat.append(one(os.path.join(w.native, "tx-%s-%d.db" % (mode, i)), mode, n))
+                nat.append(one(os.path.join(w.native, "tx-%s-%d.db" % (mode, i)), mode, n, nat_disk, w.native))
                 B.log("smalltx %s native run %d: %.0f tx/s" % (mode, i + 1, nat[-1]))
                 name = "tx-%s-%d.db" % (mode, i)
-                mnt.append(one(os.path.join(m.db, name), mode, n))
+                mnt.append(one(os.path.join(m.db, name), mode, n, mnt_disk, w.state))
                 B.log("smalltx %s mount  run %d: %.0f tx/s" % (mode, i + 1, mnt[-1]))
                 commits = int(m.env_status().get("db.%s.commits" % name, "0"))
                 if commits < n:
@@ -82,7 +108,7 @@ def bench(outdir, quick):
                 ("%s_target" % mode, ">= %.1f" % TARGETS[mode]),
                 ("%s_meets_target" % mode, "yes" if ratio >= TARGETS[mode] else "no"),
                 ("%s_mount_over_1000_tx_per_sec" % mode, "yes" if B.median(mnt) > 1000 else "no"),
-            ]
+            ] + disk_pairs(mode, "native", nat_disk) + disk_pairs(mode, "mount", mnt_disk)
         # system calls of the daemon per commit, from a separate (untimed) run under strace
         for mode in ("delete", "wal"):
             rate, counts = strace_counts(m, os.path.join(m.db, "strace-%s.db" % mode), mode, ns)
