@@ -18,9 +18,11 @@
 #include "config.h"
 #include "daemon.h"
 #include "fusepass.h"
+#include "fuseuring.h"
 #include "livedb.h"
 #include "log.h"
 #include "strutil.h"
+#include "sysio.h"
 #include "textgen.h"
 #include "timefmt.h"
 
@@ -181,6 +183,35 @@ void dbm_fs_reply_entry(fuse_req_t req, fuse_ino_t ino, const struct stat *st, d
     /* text files keep their names; snapshot names (latest) re-resolve */
     e.entry_timeout = ttl > 0 || dbm_snapfs_is(ino) ? ttl : TTL_DIR;
     fuse_reply_entry(req, &e);
+}
+
+char *dbm_fs_reply_buf(size_t size, char **owned)
+{
+    char *buf = dbm_uring_reply_buf(size);
+    *owned = NULL;
+    if (!buf)
+        buf = *owned = malloc(size ? size : 1);
+    return buf;
+}
+
+void dbm_fs_reply_fd(fuse_req_t req, int fd, off_t off, size_t size)
+{
+    char *buf = dbm_uring_reply_buf(size);
+    if (buf) {
+        /* io_uring: the reply goes from its entry's buffer, so read into it */
+        ssize_t n = dbm_pread_all(fd, buf, size, off);
+        if (n < 0)
+            fuse_reply_err(req, (int)-n);
+        else
+            fuse_reply_buf(req, buf, (size_t)n);
+        return;
+    }
+    /* /dev/fuse: the kernel splices straight from the file, no copy */
+    struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+    bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+    bv.buf[0].fd = fd;
+    bv.buf[0].pos = off;
+    fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
 }
 
 /* A "not found" that the kernel may cache: SQLite probes for -journal and
@@ -745,7 +776,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
          * reply is still being sent. */
         struct textfh *t = dbm_fs_fh(fi);
         size_t n = (uint64_t)off >= t->len ? 0 : (size_t)off + size > t->len ? t->len - (size_t)off : size;
-        char *copy = malloc(n ? n : 1);
+        char *owned, *copy = dbm_fs_reply_buf(n, &owned);
         if (!copy) {
             fuse_reply_err(req, ENOMEM);
             return;
@@ -753,27 +784,22 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
         if (n)
             memcpy(copy, t->data + off, n);
         fuse_reply_buf(req, copy, n);
-        free(copy);
+        free(owned);
         return;
     }
     struct dbm_dbhandle *h = dbm_fs_fh(fi);
     if (dbm_livedb_shadowed(h)) {
         /* a transaction's pages wait in a shadow: read through it */
-        char *buf = malloc(size ? size : 1);
+        char *owned, *buf = dbm_fs_reply_buf(size, &owned);
         ssize_t n = buf ? dbm_livedb_read(h, buf, size, off) : -ENOMEM;
         if (n < 0)
             fuse_reply_err(req, (int)-n);
         else
             fuse_reply_buf(req, buf, (size_t)n);
-        free(buf);
+        free(owned);
         return;
     }
-    /* zero-copy: the kernel splices straight from the backing file */
-    struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
-    bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-    bv.buf[0].fd = dbm_livedb_handle_fd(h);
-    bv.buf[0].pos = off;
-    fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+    dbm_fs_reply_fd(req, dbm_livedb_handle_fd(h), off, size);
 }
 
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,

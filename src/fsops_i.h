@@ -56,6 +56,13 @@ struct textfh {
 
 /* fsops.c */
 void dbm_fs_reply_entry(fuse_req_t req, fuse_ino_t ino, const struct stat *st, double ttl);
+/* A buffer for a READ's reply of size bytes: the io_uring entry's own
+ * (*owned NULL: the reply is not copied again) or a new one (*owned: free it
+ * after replying). NULL when out of memory. */
+char *dbm_fs_reply_buf(size_t size, char **owned);
+/* Replies to a READ with up to size bytes of fd at off: read straight into
+ * the io_uring entry, or spliced by the kernel on /dev/fuse. */
+void dbm_fs_reply_fd(fuse_req_t req, int fd, off_t off, size_t size);
 /* Gives fi a text handle holding a copy of data: 0 or -ENOMEM. */
 int dbm_fs_textfh_give(struct fuse_file_info *fi, const char *data, size_t len);
 

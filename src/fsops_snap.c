@@ -493,21 +493,17 @@ void dbm_snapfs_open(fuse_req_t req, struct dbm_daemon *d, fuse_ino_t ino, struc
 void dbm_snapfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
     if (ino_kind(ino) == K_SNAPEXP) {
-        /* a produced export is an immutable file: splice from it, no copy */
+        /* a produced export is an immutable file: read from it as it is */
         struct expfh *h = dbm_fs_fh(fi);
         int fd;
         uint64_t total;
         if (dbm_export_file(h->e, &fd, &total)) {
             size_t n = (uint64_t)off >= total ? 0 : (uint64_t)off + size > total ? (size_t)(total - (uint64_t)off) : size;
-            struct fuse_bufvec bv = FUSE_BUFVEC_INIT(n);
-            bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-            bv.buf[0].fd = fd;
-            bv.buf[0].pos = off;
-            fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+            dbm_fs_reply_fd(req, fd, off, n);
             return;
         }
     }
-    char *buf = malloc(size ? size : 1);
+    char *owned, *buf = dbm_fs_reply_buf(size, &owned);
     if (!buf) {
         fuse_reply_err(req, ENOMEM);
         return;
@@ -524,7 +520,7 @@ void dbm_snapfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, str
         fuse_reply_err(req, (int)-n);
     else
         fuse_reply_buf(req, buf, (size_t)n);
-    free(buf);
+    free(owned);
 }
 
 void dbm_snapfs_cleanup(void)

@@ -320,13 +320,22 @@ static ssize_t uring_writev(int fd, struct iovec *iov, int count, void *userdata
             errno = EINVAL;
             return -1; /* libfuse logs it; the worker answers EIO */
         }
-        memcpy(w->block + PREFIX + n, iov[i].iov_base, iov[i].iov_len);
+        if (iov[i].iov_base != w->block + PREFIX + n) /* built in place: dbm_uring_reply_buf */
+            memmove(w->block + PREFIX + n, iov[i].iov_base, iov[i].iov_len);
         n += iov[i].iov_len;
     }
     memcpy(w->hdr->in_out, oh, sizeof *oh);
     w->hdr->ent.payload_sz = (uint32_t)n;
     w->replied = 1;
     return (ssize_t)(sizeof *oh + n);
+}
+
+void *dbm_uring_reply_buf(size_t size)
+{
+    struct worker *w = serving;
+    /* the request's own headers sit before PREFIX: the payload area is free
+     * once the handler runs (a READ brings no payload) */
+    return w && !w->replied && size <= w->u->payload_len ? w->block + PREFIX : NULL;
 }
 
 static ssize_t uring_read(int fd, void *buf, size_t len, void *userdata)

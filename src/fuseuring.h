@@ -61,4 +61,13 @@ void dbm_uring_destroy(struct dbm_uring *u);
  * Thread-safe; accepts NULL (reported as /dev/fuse). */
 void dbm_uring_report(const struct dbm_uring *u, struct dbm_sbuf *b);
 
+/* Where a reply's data can be built when the calling thread is serving a
+ * request from an io_uring queue and size bytes fit: the entry's own reply
+ * buffer, so that a reply (fuse_reply_buf) whose data starts there is not
+ * copied again. It holds the request's own data (a WRITE's): only for a
+ * request that brings none (READ). NULL otherwise (on /dev/fuse, or too big
+ * for the entry): the caller uses a buffer of its own. Valid until the
+ * request is answered. */
+void *dbm_uring_reply_buf(size_t size);
+
 #endif
