@@ -1,6 +1,7 @@
 """Small transactions: one row per transaction, synchronous=FULL, native vs mount, DELETE and WAL,
-with the block device's write and flush requests per commit on each side. Then one more run through the mount under `strace -c -f -p DAEMON` to count the daemon's
-system calls per commit (not timed)."""
+with the block device's write and flush requests per commit on each side. Then one more run
+through the mount under `strace -c -f -p DAEMON` to count the daemon's system calls per commit
+(not timed)."""
 
 import os
 import re

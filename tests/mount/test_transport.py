@@ -82,38 +82,38 @@ def settled(m, state, policy, count=None):
     return ok and wakeup(m).startswith(state)
 
 
-def others_idle(m):
-    """The daemon's threads at SCHED_IDLE other than queue threads (and the
+def other_threads(m):
+    """{tid: name} of the daemon's threads other than queue threads (and the
     kernel's io-wq threads of their rings)."""
-    q = queue_threads(m)
-    out = []
-    for t in idle_threads(m):
-        try:
-            comm = open(f"/proc/{m.proc.pid}/task/{t}/comm").read()
-        except FileNotFoundError:
-            continue
-        if int(t) not in q and not comm.startswith("iou-wrk"):
-            out.append((t, comm.strip()))
-    return out
-
-
-def pinned_others(m):
-    """The daemon's threads, other than queue threads (and the kernel's io-wq
-    threads), whose CPUs differ from the main thread's."""
-    def cpus(t):
-        for line in open(f"/proc/{m.proc.pid}/task/{t}/status"):
-            if line.startswith("Cpus_allowed_list:"):
-                return line.split(":", 1)[1].strip()
-    want = cpus(m.proc.pid)
-    out = []
+    out = {}
     for t in os.listdir(f"/proc/{m.proc.pid}/task"):
         try:
             comm = open(f"/proc/{m.proc.pid}/task/{t}/comm").read().strip()
-            if not comm.startswith(("dbm-uring-q", "iou-wrk")) and cpus(t) != want:
-                out.append((t, comm, cpus(t)))
         except FileNotFoundError:
-            pass
+            continue
+        if not comm.startswith(("dbm-uring-q", "iou-wrk")):
+            out[t] = comm
     return out
+
+
+def others_idle(m):
+    """Those of other_threads at SCHED_IDLE now."""
+    idle = set(idle_threads(m))
+    return [(t, comm) for t, comm in other_threads(m).items() if t in idle]
+
+
+def pinned_others(m):
+    """Those of other_threads whose CPUs differ from the main thread's."""
+    def cpus(t):
+        try:
+            for line in open(f"/proc/{m.proc.pid}/task/{t}/status"):
+                if line.startswith("Cpus_allowed_list:"):
+                    return line.split(":", 1)[1].strip()
+        except FileNotFoundError:
+            return None  # ended meanwhile
+
+    want = cpus(m.proc.pid)
+    return [(t, comm, c) for t, comm in other_threads(m).items() if (c := cpus(t)) not in (want, None)]
 
 
 def serves(m):

@@ -4,7 +4,6 @@
 #include "check.h"
 #include "thread.h"
 
-#include <errno.h>
 #include <sched.h>
 #include <unistd.h>
 
