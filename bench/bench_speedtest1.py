@@ -172,7 +172,7 @@ def bench(outdir, quick):
             ]
             counts = None if quick else count_requests(exe, size, mode, os.path.join(m.db, "st-%s-count.db" % mode))
             if counts is None:
-                out.append(("%s_fuse_requests" % mode, "- (needs perf, and not --quick)"))
+                out.append(("%s_fuse_requests" % mode, "- (not counted: needs perf and its tracepoint, and no --quick)"))
             else:
                 top = sorted(counts.items(), key=lambda x: -x[1])
                 out.append(("%s_fuse_requests" % mode, " ".join("%s=%d" % (k[5:].lower(), n) for k, n in top)))
