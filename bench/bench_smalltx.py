@@ -31,9 +31,7 @@ def disk_counts(path):
 def one(path, mode, n, disk=None, disk_path=None):
     """commits/s of one client run; disk: a list that gets (device writes, flushes) per commit
     of the device holding disk_path (the state directory, for a mount)."""
-    for sfx in ("", "-journal", "-wal", "-shm"):
-        if os.path.exists(path + sfx):
-            os.unlink(path + sfx)
+    B.remove_db(path)
     before = disk_counts(disk_path) if disk_path else None
     r = subprocess.run([PY, CLIENT, path, mode, str(n)], capture_output=True, text=True)
     after = disk_counts(disk_path) if disk_path else None

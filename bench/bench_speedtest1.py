@@ -29,10 +29,6 @@ def build_rtt():
     return exe
 
 
-def kv(text):
-    return dict(l.split(": ", 1) for l in text.splitlines() if ": " in l)
-
-
 def request_costs(native_dir, m):
     """Pipe ping-pong on one CPU and across two, and a lock round trip (F_SETLK) on a native
     SQLite file and through the mount: what a request costs on this machine."""
@@ -41,12 +37,12 @@ def request_costs(native_dir, m):
     for side, d in (("native", native_dir), ("mount", m.db)):
         path = os.path.join(d, "rtt.db")
         B.run(["sqlite3", path, "create table if not exists t(x)"])
-        r = kv(B.run([rtt, "file", path, "50000"], capture_output=True, text=True).stdout)
+        r = B.parse_kv(B.run([rtt, "file", path, "50000"], capture_output=True, text=True).stdout)
         out["setlk_%s_us" % side] = r["setlk_us"]
         os.unlink(path)
     # last: two busy processes on one CPU are CPU pressure, which moves the daemon's queue
     # threads off wakeup=local for a while (cpuguard.c)
-    out.update(kv(B.run([rtt, "pingpong", "100000"], capture_output=True, text=True).stdout))
+    out.update(B.parse_kv(B.run([rtt, "pingpong", "100000"], capture_output=True, text=True).stdout))
     deadline = time.time() + 15
     while not m.root_status().get("fuse_wakeup", "local").startswith(B.WAKEUP) and time.time() < deadline:
         time.sleep(0.2)
@@ -62,9 +58,7 @@ def count_requests(exe, size, mode, path):
         return None
     with tempfile.TemporaryDirectory(prefix="dbmovefs-bench-perf.") as d:
         data = os.path.join(d, "perf.data")
-        for sfx in ("", "-journal", "-wal", "-shm"):
-            if os.path.exists(path + sfx):
-                os.unlink(path + sfx)
+        B.remove_db(path)
         r = subprocess.run([perf, "record", "-q", "-a", "-e", "fuse:fuse_request_send", "-o", data, "--",
                             exe, "--size", str(size), "--journal", mode, path], capture_output=True, text=True)
         if r.returncode != 0:
@@ -98,9 +92,7 @@ def libfuse_reference(exe, size, mode, native_dir):
             time.sleep(0.05)
         path = mnt + os.path.join(native_dir, "st-libfuse-%s.db" % mode)
         dt = one(exe, size, mode, path)
-        for sfx in ("", "-journal", "-wal", "-shm"):
-            if os.path.exists(path + sfx):
-                os.unlink(path + sfx)
+        B.remove_db(path)
         return dt
     finally:
         subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
@@ -109,9 +101,7 @@ def libfuse_reference(exe, size, mode, native_dir):
 
 
 def one(exe, size, mode, path):
-    for sfx in ("", "-journal", "-wal", "-shm"):
-        if os.path.exists(path + sfx):
-            os.unlink(path + sfx)
+    B.remove_db(path)
     t0 = time.monotonic()
     r = subprocess.run([exe, "--size", str(size), "--journal", mode, path],
                        capture_output=True, text=True)

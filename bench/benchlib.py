@@ -206,10 +206,22 @@ class Workdir:
         self.close()
 
 
+def parse_kv(text):
+    """`key: value` lines (a mount's text file, a helper program's output), as a dict."""
+    return dict(l.split(": ", 1) for l in text.splitlines() if ": " in l)
+
+
 def read_kv(path):
     """The `key: value` lines of one of the mount's text files, as a dict."""
     with open(path) as f:
-        return dict(l.rstrip("\n").split(": ", 1) for l in f if ": " in l)
+        return parse_kv(f.read())
+
+
+def remove_db(path):
+    """Removes a database and the files SQLite keeps beside it, where they exist."""
+    for sfx in ("", "-journal", "-wal", "-shm"):
+        if os.path.exists(path + sfx):
+            os.unlink(path + sfx)
 
 
 class Mount:
