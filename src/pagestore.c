@@ -71,15 +71,26 @@
  * db_pages below the page: truncation is seen through the per-segment
  * min_pages, and scanning the transaction table only when it is below.
  *
+ * Images. A commit that brings the log since the newest image past the
+ * interval starts a thread that writes the image at that commit's txid
+ * (dbm_pgs_tl_image_soon); the commit returns without waiting for it. The
+ * thread is a reader like any other, so appends go on meanwhile; img_lock
+ * keeps gc (and other images) out while it writes. One runs at a time per
+ * timeline; the last close abandons one that is running (its .tmp is
+ * removed, and the image is due again after a restart).
+ *
  * Lock order (outermost first):
  *   1. store->open_lock   open/close/create/drop of timelines, refcounts' life
- *   2. tl->append_lock    the writer side of one timeline: append, streamed
- *                         transactions (pgtxn.c), image, gc
- *   3. tl->rw             a timeline's segments, images and summary; a child's
+ *   2. tl->img_lock       writing an image, gc: what a reader needs stays
+ *                         while an image is built from it
+ *   3. tl->append_lock    the writer side of one timeline: append, streamed
+ *                         transactions (pgtxn.c), gc's unpublication
+ *   4. tl->rw             a timeline's segments, images and summary; a child's
  *                         is never held while its parent's is taken (reads
  *                         release the child's before reading through)
- *   4. seg->map_lock      lazy mmap of one sealed segment
- *   5. store->lock        the timeline table (ids, parents, open objects, refs)
+ *   5. seg->map_lock      lazy mmap of one sealed segment
+ *   6. store->lock        the timeline table (ids, parents, open objects, refs)
+ *   7. tl->bg_mu          the state of the background image thread
  * No file I/O happens under store->lock; under tl->rw taken for writing only
  * the in-RAM publication of an append, seal, image or gc.
  */
@@ -92,7 +103,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "crc32c.h"
@@ -100,12 +114,15 @@
 #include "pagestore_i.h"
 #include "sqlproto.h"
 #include "sysio.h"
+#include "thread.h"
 
 #define DEFAULT_SEGMENT (64ull << 20)
 #define DEFAULT_IMAGE (64ull << 20)
 #define IMG_PRESENT 0x53455250u /* "PRES" */
 #define IMG_ABSENT 0x4e534241u  /* "ABSN" */
 #define IMG_BATCH 256           /* pages per write when building an image */
+#define IMG_NICE 10             /* a background image yields the CPU to requests */
+#define IMG_RETRY_NS (10ull * 1000000000) /* after a failed image, before the next */
 
 struct tl_meta {
     uint64_t magic;
@@ -501,6 +518,12 @@ static void tl_free(struct dbm_timeline *t)
         return;
     if (t->txn)
         dbm_err("pagestore: %s: closed with a streamed transaction open; it is left uncommitted", t->dir);
+    __atomic_store_n(&t->img_stop, 1, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&t->bg_mu);
+    int join = t->bg_joinable;
+    pthread_mutex_unlock(&t->bg_mu);
+    if (join)
+        pthread_join(t->bg_th, NULL); /* nothing else can start one: no reference is left */
     for (size_t i = 0; i < t->nseg; i++)
         dbm_pgs_seg_free(t->segs[i]);
     for (size_t i = 0; i < t->nimg; i++) {
@@ -510,8 +533,11 @@ static void tl_free(struct dbm_timeline *t)
     }
     if (t->dirfd >= 0)
         close(t->dirfd);
+    pthread_mutex_destroy(&t->img_lock);
     pthread_mutex_destroy(&t->append_lock);
     pthread_rwlock_destroy(&t->rw);
+    pthread_mutex_destroy(&t->bg_mu);
+    pthread_cond_destroy(&t->bg_cv);
     free(t->segs);
     free(t->imgs);
     free(t->dir);
@@ -741,9 +767,12 @@ static int tl_load(struct dbm_store *s, const struct tl_entry *e, struct dbm_tim
     pthread_rwlockattr_init(&ra);
     /* appends must not starve behind a stream of readers */
     pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_mutex_init(&t->img_lock, NULL);
     pthread_mutex_init(&t->append_lock, NULL);
     pthread_rwlock_init(&t->rw, &ra);
     pthread_rwlockattr_destroy(&ra);
+    pthread_mutex_init(&t->bg_mu, NULL);
+    pthread_cond_init(&t->bg_cv, NULL);
     t->s = s;
     t->dirfd = -1;
     snprintf(name, sizeof name, "%016" PRIx64, e->id);
@@ -1125,7 +1154,8 @@ static int img_fill(struct dbm_timeline *t, int fd, const struct dbm_txinfo *ti,
     int rc = 0;
     for (uint32_t pgno = 1; !rc && pgno <= ti->db_pages; pgno++) {
         uint8_t *p = b.buf + (size_t)b.n * t->page_size;
-        int r = dbm_tl_read_page(t, ti->txid, pgno, p);
+        int r = __atomic_load_n(&t->img_stop, __ATOMIC_RELAXED) ? -ECANCELED
+                                                                 : dbm_tl_read_page(t, ti->txid, pgno, p);
         if (r < 0) {
             rc = r;
         } else if (r == 1) {
@@ -1176,8 +1206,28 @@ static int img_write(struct dbm_timeline *t, int fd, const struct dbm_txinfo *ti
     return rc;
 }
 
-/* Writes image.<txid> (append_lock held) and publishes it. */
-int dbm_pgs_tl_image_at(struct dbm_timeline *t, uint64_t txid)
+/* Log bytes after txid (rw held): what an image at txid leaves to read
+ * through. The segment holding txid counts from the next record on. */
+static uint64_t tl_log_after(struct dbm_timeline *t, uint64_t txid)
+{
+    uint64_t b = 0;
+    for (size_t i = 0; i < t->nseg; i++) {
+        struct pgs_seg *g = t->segs[i];
+        struct pgs_txn x;
+        if (g->last_txid <= txid || g->last_txid < g->first_txid)
+            continue;
+        if (g->first_txid > txid || dbm_pgs_seg_txn(g, txid + 1, &x) != 1 || x.rec_off > g->end)
+            b += g->end;
+        else
+            b += g->end - x.rec_off;
+    }
+    return b;
+}
+
+/* Writes image.<txid> and publishes it (img_lock held, not append_lock:
+ * commits go on while it is written). 0 or -errno (logged unless
+ * -ECANCELED: the timeline is being freed). */
+static int img_make(struct dbm_timeline *t, uint64_t txid)
 {
     struct dbm_txinfo ti;
     pthread_rwlock_rdlock(&t->rw);
@@ -1205,10 +1255,15 @@ int dbm_pgs_tl_image_at(struct dbm_timeline *t, uint64_t txid)
     if (!rc)
         rc = img_open(t, name, txid, &im);
     if (!rc) {
+        /* since_image counts from the newest image: measured here, plus
+         * what commits publish between the two locks */
+        pthread_rwlock_rdlock(&t->rw);
+        uint64_t after = tl_log_after(t, txid), added = t->log_added;
+        pthread_rwlock_unlock(&t->rw);
         pthread_rwlock_wrlock(&t->rw);
         rc = img_insert(t, &im);
-        if (!rc && txid == t->last_txid)
-            t->since_image = 0;
+        if (!rc && t->imgs[t->nimg - 1].txid == txid)
+            t->since_image = after + (t->log_added - added);
         pthread_rwlock_unlock(&t->rw);
         if (rc) {
             close(im.fd);
@@ -1216,11 +1271,10 @@ int dbm_pgs_tl_image_at(struct dbm_timeline *t, uint64_t txid)
         }
     }
 out:
-    if (rc) {
+    if (rc && rc != -ECANCELED)
         dbm_err("pagestore: %s: cannot write image at txid %" PRIu64 ": %s", t->dir, txid, strerror(-rc));
-        if (from)
-            unlink(from);
-    }
+    if (rc && from)
+        unlink(from);
     free(from);
     free(to);
     return rc;
@@ -1228,10 +1282,75 @@ out:
 
 int dbm_tl_image(struct dbm_timeline *t)
 {
-    pthread_mutex_lock(&t->append_lock);
-    int rc = t->bad_txid ? -EIO : t->last_txid ? dbm_pgs_tl_image_at(t, t->last_txid) : 0;
-    pthread_mutex_unlock(&t->append_lock);
+    pthread_mutex_lock(&t->img_lock);
+    pthread_rwlock_rdlock(&t->rw);
+    int rc = t->bad_txid ? -EIO : 0;
+    uint64_t last = t->last_txid;
+    pthread_rwlock_unlock(&t->rw);
+    if (!rc && last)
+        rc = img_make(t, last);
+    pthread_mutex_unlock(&t->img_lock);
     return rc;
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void *img_bg_main(void *arg)
+{
+    struct dbm_timeline *t = arg;
+    /* a copy of the database must not take the CPU from the requests that
+     * wait on the daemon (best effort: nice is per thread on Linux) */
+    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), IMG_NICE);
+    pthread_mutex_lock(&t->bg_mu);
+    uint64_t txid = t->bg_txid;
+    pthread_mutex_unlock(&t->bg_mu);
+    pthread_mutex_lock(&t->img_lock);
+    int rc = img_make(t, txid);
+    pthread_mutex_unlock(&t->img_lock);
+    pthread_mutex_lock(&t->bg_mu);
+    t->bg_running = 0;
+    if (rc && rc != -ECANCELED)
+        t->bg_retry_ns = mono_ns() + IMG_RETRY_NS;
+    pthread_cond_broadcast(&t->bg_cv);
+    pthread_mutex_unlock(&t->bg_mu);
+    return NULL;
+}
+
+void dbm_pgs_tl_image_soon(struct dbm_timeline *t, uint64_t txid)
+{
+    pthread_mutex_lock(&t->bg_mu);
+    if (t->bg_running || (t->bg_retry_ns && mono_ns() < t->bg_retry_ns)) {
+        pthread_mutex_unlock(&t->bg_mu);
+        return;
+    }
+    if (t->bg_joinable) /* the last one has ended: bg_running is 0 */
+        pthread_join(t->bg_th, NULL);
+    t->bg_joinable = 0;
+    t->bg_txid = txid;
+    t->bg_running = 1;
+    int rc = dbm_thread_start(&t->bg_th, "dbm-image", img_bg_main, t);
+    if (rc) {
+        t->bg_running = 0;
+        t->bg_retry_ns = mono_ns() + IMG_RETRY_NS;
+        dbm_err("pagestore: %s: cannot start writing an image at txid %" PRIu64 ": %s", t->dir, txid,
+                strerror(-rc));
+    } else {
+        t->bg_joinable = 1;
+    }
+    pthread_mutex_unlock(&t->bg_mu);
+}
+
+void dbm_tl_image_wait(struct dbm_timeline *t)
+{
+    pthread_mutex_lock(&t->bg_mu);
+    while (t->bg_running)
+        pthread_cond_wait(&t->bg_cv, &t->bg_mu);
+    pthread_mutex_unlock(&t->bg_mu);
 }
 
 /* ---- appending ---- */
@@ -1306,6 +1425,7 @@ int dbm_pgs_tl_committed(struct dbm_timeline *t, uint64_t txid, uint64_t commit_
     if (!t->parent_id && t->first_txid == 0)
         t->first_txid = 1;
     t->since_image += len;
+    t->log_added += len;
     return t->since_image >= tl_image_interval(t);
 }
 
@@ -1357,7 +1477,7 @@ int dbm_tl_append(struct dbm_timeline *t, uint64_t commit_ns, uint32_t db_pages,
     int want_image = dbm_pgs_tl_committed(t, txid, commit_ns, db_pages, len);
     pthread_rwlock_unlock(&t->rw);
     if (want_image)
-        dbm_pgs_tl_image_at(t, txid); /* logs its failure; the commit is durable anyway */
+        dbm_pgs_tl_image_soon(t, txid);
     pthread_mutex_unlock(&t->append_lock);
     if (txid_out)
         *txid_out = txid;
@@ -1388,7 +1508,8 @@ static uint64_t gc_required(struct dbm_timeline *t, uint64_t keep)
     return req > t->first_txid ? req : 0;
 }
 
-/* Writes an image at req if that frees at least as much as it costs. */
+/* Writes an image at req if that frees at least as much as it costs
+ * (img_lock held, not append_lock: commits go on meanwhile). */
 static void gc_maybe_image(struct dbm_timeline *t, uint64_t req)
 {
     struct dbm_txinfo ti = { 0, 0, 0 };
@@ -1398,7 +1519,7 @@ static void gc_maybe_image(struct dbm_timeline *t, uint64_t req)
     int rc = tl_txinfo_rd(t, req, &ti);
     pthread_rwlock_unlock(&t->rw);
     if (!rc && (!im || im->txid != req) && now > old && now - old >= (uint64_t)ti.db_pages * t->page_size)
-        dbm_pgs_tl_image_at(t, req);
+        img_make(t, req);
 }
 
 struct gc_drop {
@@ -1473,23 +1594,26 @@ static int gc_unpublish(struct dbm_timeline *t, uint64_t keep, struct gc_drop *d
 int64_t dbm_tl_gc(struct dbm_timeline *t, uint64_t horizon_ns)
 {
     struct dbm_txinfo keep;
-    pthread_mutex_lock(&t->append_lock);
+    pthread_mutex_lock(&t->img_lock);
     pthread_rwlock_rdlock(&t->rw);
     int rc = t->bad_txid ? -EIO : tl_txid_at_rd(t, horizon_ns, &keep);
     pthread_rwlock_unlock(&t->rw);
     if (rc) {
-        pthread_mutex_unlock(&t->append_lock);
+        pthread_mutex_unlock(&t->img_lock);
         return rc == -ENOENT ? 0 : rc;
     }
     uint64_t req = gc_required(t, keep.txid);
     if (!req) {
-        pthread_mutex_unlock(&t->append_lock);
+        pthread_mutex_unlock(&t->img_lock);
         return 0;
     }
     gc_maybe_image(t, req);
     struct gc_drop d;
+    /* the appender reads the segment array without the rw lock */
+    pthread_mutex_lock(&t->append_lock);
     rc = gc_unpublish(t, keep.txid, &d);
-    int64_t freed = gc_delete(t, &d);
     pthread_mutex_unlock(&t->append_lock);
+    int64_t freed = gc_delete(t, &d);
+    pthread_mutex_unlock(&t->img_lock);
     return rc ? rc : freed;
 }

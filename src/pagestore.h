@@ -154,11 +154,19 @@ int dbm_tl_stat(struct dbm_timeline *t, struct dbm_tl_stat *out);
 /* Retention: drops history no longer needed to read any txid committed at or
  * after horizon_ns, keeping the newest state always, and keeping whatever a
  * child branch still needs (its branch txid stays readable). Writes a full
- * image first when that lets more be dropped. Returns bytes freed or -errno. */
+ * image first when that lets more be dropped (commits go on meanwhile; an
+ * image being written in the background is waited for). Returns bytes freed
+ * or -errno. */
 int64_t dbm_tl_gc(struct dbm_timeline *t, uint64_t horizon_ns);
 
-/* Writes a full image of the timeline at its last txid now (also done
- * automatically after image_interval_bytes of log). 0 or -errno. */
+/* Writes a full image of the timeline at its last txid now, waiting for one
+ * being written in the background first. 0 or -errno. Images are also
+ * written automatically, by a thread of the timeline's, once
+ * image_interval_bytes of log follow the newest one: the commit that makes
+ * one due does not wait for it. */
 int dbm_tl_image(struct dbm_timeline *t);
+
+/* Waits until no image is being written in the background. */
+void dbm_tl_image_wait(struct dbm_timeline *t);
 
 #endif

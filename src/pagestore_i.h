@@ -233,7 +233,7 @@ struct dbm_store {
     int dirfd;
     uint64_t segment_bytes, image_bytes;
     pthread_mutex_t open_lock; /* lock order 1 */
-    pthread_mutex_t lock;      /* lock order 5: tls, ntl, max_id, every tl->refs */
+    pthread_mutex_t lock;      /* lock order 6: tls, ntl, max_id, every tl->refs */
     struct tl_entry *tls;
     size_t ntl, ctl;
     uint64_t max_id;
@@ -249,8 +249,9 @@ struct dbm_timeline {
     struct dbm_txinfo branch;    /* the parent's branch_txid */
     int refs;                    /* under s->lock */
 
-    pthread_mutex_t append_lock; /* lock order 2 */
-    pthread_rwlock_t rw;         /* lock order 3: everything below */
+    pthread_mutex_t img_lock;    /* lock order 2: writing an image; gc */
+    pthread_mutex_t append_lock; /* lock order 3 */
+    pthread_rwlock_t rw;         /* lock order 4: everything below up to bg_mu */
     struct pgs_seg **segs;       /* by first_txid; the last may be active */
     size_t nseg, cseg;
     struct tl_image *imgs;       /* by txid */
@@ -258,11 +259,24 @@ struct dbm_timeline {
     uint64_t first_txid, last_txid, last_ns, bad_txid, commits;
     uint32_t db_pages;
     uint64_t since_image;        /* log bytes since the newest image */
+    uint64_t log_added;          /* log bytes published since the timeline was loaded */
     struct dbm_tl_txn *txn;      /* the open streamed transaction (pgtxn.c); under append_lock */
+
+    /* The image a commit made due is written by a thread of its own, so that
+     * no commit waits for a copy of the database. bg_mu (lock order 7,
+     * innermost) guards the fields up to img_stop. */
+    pthread_mutex_t bg_mu;
+    pthread_cond_t bg_cv;        /* signalled when a background image ends */
+    pthread_t bg_th;
+    int bg_joinable;             /* bg_th was started and is not joined yet */
+    int bg_running;
+    uint64_t bg_txid;
+    uint64_t bg_retry_ns;        /* CLOCK_MONOTONIC: no new one before (after a failure) */
+    int img_stop;                /* atomic: the timeline is being freed; abandon an image */
 };
 
 /* The appending side of a timeline, shared with pgtxn.c: the functions that
- * take a timeline are called with its append_lock held (lock order 2). */
+ * take a timeline are called with its append_lock held (lock order 3). */
 
 /* The segment to append rec_len bytes to (*out, borrowed from t): seals a
  * full one, creates a new one. 0 or -errno. */
@@ -275,7 +289,9 @@ uint64_t dbm_pgs_tl_clamp_ns(struct dbm_timeline *t, uint64_t commit_ns);
  * whether an image is due. len: log bytes the transaction took. */
 int dbm_pgs_tl_committed(struct dbm_timeline *t, uint64_t txid, uint64_t commit_ns, uint32_t db_pages,
                          uint64_t len);
-/* Writes image.<txid> and publishes it. 0 or -errno (logged). */
-int dbm_pgs_tl_image_at(struct dbm_timeline *t, uint64_t txid);
+/* Starts writing image.<txid> in the background unless one is being
+ * written already or the last one failed less than a while ago; failures are
+ * logged (the commit that made it due is durable anyway). */
+void dbm_pgs_tl_image_soon(struct dbm_timeline *t, uint64_t txid);
 
 #endif

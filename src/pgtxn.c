@@ -119,7 +119,7 @@ int dbm_tl_txn_commit(struct dbm_tl_txn *x, uint64_t commit_ns, uint32_t db_page
     pthread_rwlock_unlock(&t->rw);
     txn_end(x);
     if (want_image)
-        dbm_pgs_tl_image_at(t, txid); /* logs its failure; the commit is durable anyway */
+        dbm_pgs_tl_image_soon(t, txid);
     pthread_mutex_unlock(&t->append_lock);
     if (txid_out)
         *txid_out = txid;

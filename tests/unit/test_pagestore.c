@@ -1,8 +1,8 @@
 /* test_pagestore.c - the page store against an in-memory oracle: random
  * histories, time lookups, branches, retention, recovery from torn tails,
- * corruption, injected I/O faults, concurrent readers. Streamed transactions
- * are tested in test_pgtxn.c; the oracle and helpers are in
- * pagestore_fixture.h. */
+ * corruption, injected I/O faults, concurrent readers, images written in the
+ * background. Streamed transactions are tested in test_pgtxn.c; the oracle
+ * and helpers are in pagestore_fixture.h. */
 #include "pagestore_fixture.h"
 
 /* ---- tests ---- */
@@ -52,6 +52,7 @@ static void test_history(void)
     for (int i = 0; i < 700; i++) {
         oracle_gen(&o, &rng);
         bad += apply(t, &o, o.n - 1) != 0;
+        dbm_tl_image_wait(t); /* every image that falls due gets written */
         for (int k = 0; k < 4; k++) {
             uint64_t x = 1 + rng_next(&rng) % oracle_last(&o);
             bad += check_read(t, &o, x, 1 + (uint32_t)(rng_next(&rng) % MAXP)) != 0;
@@ -457,6 +458,223 @@ static void test_faults(void)
     finish_fault_test(s, dir, id, t, &o);
 }
 
+/* ---- background images ---- */
+
+/* A pwrite that holds image writes while the gate is closed (or fails them
+ * with ENOSPC): the test decides when an image being written goes on. */
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static int gate_closed, gate_held, gate_fail, gate_failed; /* under gate_mu */
+
+static int is_image_fd(int fd)
+{
+    char link[64], path[512];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    if (n < 0)
+        return 0;
+    path[n] = 0;
+    const char *base = strrchr(path, '/');
+    return base && !strncmp(base + 1, "image.", 6);
+}
+
+static ssize_t gate_pwrite(int fd, const void *b, size_t n, off_t off)
+{
+    if (is_image_fd(fd)) {
+        pthread_mutex_lock(&gate_mu);
+        if (gate_fail) {
+            gate_failed++;
+            pthread_mutex_unlock(&gate_mu);
+            errno = ENOSPC;
+            return -1;
+        }
+        gate_held += gate_closed;
+        pthread_cond_broadcast(&gate_cv);
+        while (gate_closed)
+            pthread_cond_wait(&gate_cv, &gate_mu);
+        pthread_mutex_unlock(&gate_mu);
+    }
+    return pwrite(fd, b, n, off);
+}
+
+static void gate_set(int closed, int fail)
+{
+    pthread_mutex_lock(&gate_mu);
+    gate_closed = closed;
+    gate_fail = fail;
+    gate_held = gate_failed = 0;
+    pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_mu);
+}
+
+/* Waits (10 s at most) until an image write is held at the gate. 0 or -1. */
+static int gate_wait_held(void)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 10;
+    pthread_mutex_lock(&gate_mu);
+    while (!gate_held && pthread_cond_timedwait(&gate_cv, &gate_mu, &dl) == 0)
+        ;
+    int rc = gate_held ? 0 : -1;
+    pthread_mutex_unlock(&gate_mu);
+    return rc;
+}
+
+static int gate_failures(void)
+{
+    pthread_mutex_lock(&gate_mu);
+    int n = gate_failed;
+    pthread_mutex_unlock(&gate_mu);
+    return n;
+}
+
+static int bg_running(struct dbm_timeline *t)
+{
+    pthread_mutex_lock(&t->bg_mu);
+    int r = t->bg_running;
+    pthread_mutex_unlock(&t->bg_mu);
+    return r;
+}
+
+/* Finished images and unfinished ones (*.tmp) in tdir. */
+static void count_images(const char *tdir, int *done, int *tmp)
+{
+    DIR *d = opendir(tdir);
+    struct dirent *de;
+    *done = *tmp = 0;
+    while (d && (de = readdir(d)))
+        if (!strncmp(de->d_name, "image.", 6)) {
+            int t = strstr(de->d_name, ".tmp") != NULL;
+            *tmp += t;
+            *done += !t;
+        }
+    if (d)
+        closedir(d);
+}
+
+static void *close_tl(void *arg)
+{
+    dbm_tl_close(arg);
+    return NULL;
+}
+
+/* The last close abandons an image being written: nothing is left of it. */
+static void bg_image_close(struct dbm_store *s)
+{
+    enum { NP = 600 }; /* more than one batch of an image's writes */
+    static uint8_t pages[NP][PS];
+    struct dbm_page_write w[NP];
+    uint64_t id;
+    struct dbm_timeline *t;
+    char tdir[300];
+    int done, tmp;
+    for (uint32_t p = 1; p <= NP; p++) {
+        fill(pages[p - 1], p + 7777);
+        w[p - 1] = (struct dbm_page_write){ .pgno = p, .data = pages[p - 1] };
+    }
+    CHECK_EQ_INT(dbm_tl_create(s, PS, 0, 0, &id), 0);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    tl_dir(tdir, sizeof tdir, s->dir, id);
+    gate_set(1, 0);
+    CHECK_EQ_INT(dbm_tl_append(t, 5000, NP, w, NP, NULL), 0); /* makes an image due at once */
+    CHECK_EQ_INT(gate_wait_held(), 0);
+    pthread_t th;
+    pthread_create(&th, NULL, close_tl, t);
+    /* t stays allocated until the image thread, held at the gate, ends */
+    while (!__atomic_load_n(&t->img_stop, __ATOMIC_RELAXED))
+        usleep(1000);
+    gate_set(0, 0);
+    pthread_join(th, NULL);
+    count_images(tdir, &done, &tmp);
+    CHECK(done == 0 && tmp == 0);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    uint8_t got[PS];
+    int bad = 0;
+    for (uint32_t p = 1; p <= NP; p++)
+        bad += dbm_tl_read_page(t, 1, p, got) != 0 || memcmp(got, pages[p - 1], PS) != 0;
+    CHECK_EQ_INT(bad, 0);
+    dbm_tl_close(t);
+}
+
+/* Images are written by a thread of their own: commits and reads go on
+ * while one is held up; a failed one leaves nothing and is not retried at
+ * once; closing abandons one cleanly. */
+static void test_bg_images(void)
+{
+    char dir[256], tdir[300];
+    struct dbm_store *s = store_new("bgimg", 64 * 1024, 48 * 1024, dir);
+    uint64_t id, rng = 99;
+    struct dbm_timeline *t;
+    struct oracle o;
+    int bad = 0, done, tmp, i;
+    CHECK_EQ_INT(dbm_tl_create(s, PS, 0, 0, &id), 0);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    tl_dir(tdir, sizeof tdir, dir, id);
+    oracle_init(&o, NULL, 0);
+    gate_set(1, 0);
+    dbm_sys.pwrite = gate_pwrite;
+    for (i = 0; i < 1000 && !bg_running(t); i++) {
+        oracle_gen(&o, &rng);
+        bad += apply(t, &o, o.n - 1) != 0;
+    }
+    CHECK(bg_running(t));
+    CHECK_EQ_INT(gate_wait_held(), 0);
+    /* the image is held: commits and reads go on, and it is not there yet */
+    for (i = 0; i < 100; i++) {
+        oracle_gen(&o, &rng);
+        bad += apply(t, &o, o.n - 1) != 0;
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(check_all(t, &o, 1), 0);
+    count_images(tdir, &done, &tmp);
+    CHECK(done == 0 && tmp == 1 && bg_running(t));
+    gate_set(0, 0);
+    dbm_tl_image_wait(t);
+    count_images(tdir, &done, &tmp);
+    CHECK(done == 1 && tmp == 0);
+    CHECK_EQ_INT(check_all(t, &o, 1), 0);
+
+    /* the log after that image makes the next one due */
+    for (i = 0; i < 1000 && done < 2; i++) {
+        oracle_gen(&o, &rng);
+        bad += apply(t, &o, o.n - 1) != 0;
+        dbm_tl_image_wait(t);
+        count_images(tdir, &done, &tmp);
+    }
+    CHECK(done == 2 && tmp == 0);
+
+    /* a failed image: every commit stands, nothing is left, no retry at once */
+    gate_set(0, 1);
+    for (i = 0; i < 1000 && !gate_failures(); i++) {
+        oracle_gen(&o, &rng);
+        bad += apply(t, &o, o.n - 1) != 0;
+        dbm_tl_image_wait(t);
+    }
+    CHECK_EQ_INT(gate_failures(), 1);
+    for (i = 0; i < 200; i++) {
+        oracle_gen(&o, &rng);
+        bad += apply(t, &o, o.n - 1) != 0;
+        dbm_tl_image_wait(t);
+    }
+    CHECK_EQ_INT(gate_failures(), 1);
+    CHECK_EQ_INT(bad, 0);
+    count_images(tdir, &done, &tmp);
+    CHECK(done == 2 && tmp == 0);
+    CHECK_EQ_INT(check_all(t, &o, 1), 0);
+    gate_set(0, 0);
+    dbm_tl_close(t);
+
+    bg_image_close(s);
+    dbm_sysio_reset();
+    s = store_reopen(s, dir, 64 * 1024, 48 * 1024);
+    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
+    CHECK_EQ_INT(check_all(t, &o, 1), 0);
+    dbm_tl_close(t);
+    dbm_store_close(s);
+    oracle_free(&o);
+}
+
 static void test_concurrent(void)
 {
     struct conc_run r;
@@ -479,6 +697,7 @@ int main(void)
         { "corrupt_active", test_corrupt_active },
         { "faults", test_faults },
         { "concurrent", test_concurrent },
+        { "bg_images", test_bg_images },
     };
     return fixture_main("test_pagestore", tests, sizeof tests / sizeof tests[0]);
 }

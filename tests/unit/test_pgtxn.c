@@ -178,6 +178,7 @@ static void test_stream(void)
         } else {
             bad += apply(t, &o, o.n - 1) != 0;
         }
+        dbm_tl_image_wait(t); /* every image that falls due gets written */
         if (i == 200) { /* an empty streamed transaction: only the size changes */
             struct dbm_tl_txn *x;
             oracle_gen(&o, &rng);
