@@ -121,6 +121,7 @@
 #define IMG_PRESENT 0x53455250u /* "PRES" */
 #define IMG_ABSENT 0x4e534241u  /* "ABSN" */
 #define IMG_BATCH 256           /* pages per write when building an image */
+#define IMG_BEHIND (8u << 20)  /* image bytes written between writeback kicks */
 #define IMG_NICE 10             /* a background image yields the CPU to requests */
 #define IMG_RETRY_NS (10ull * 1000000000) /* after a failed image, before the next */
 
@@ -1132,15 +1133,31 @@ int dbm_tl_pages_after(struct dbm_timeline *t, uint64_t txid, int (*cb)(uint32_t
 struct img_batch {
     uint8_t *buf;
     uint32_t start, n; /* first pgno and count of the pages in buf */
+    uint64_t kicked;   /* writeback started up to here (file offset) */
+    uint64_t waited;   /* and waited for up to here */
 };
 
+/* Writes the batch out. Pages go out in file order, so writeback is started
+ * every IMG_BEHIND bytes and the chunk before waited for: the image never
+ * holds more than two chunks dirty, and the commits' flushes do not queue
+ * behind a whole database at its fsync. */
 static int img_flush(const struct dbm_timeline *t, int fd, uint64_t data_off, struct img_batch *b)
 {
     int rc = 0;
+    uint64_t end = data_off + (uint64_t)(b->start - 1 + b->n) * t->page_size;
     if (b->n)
         rc = dbm_pwrite_all(fd, b->buf, (size_t)b->n * t->page_size,
                             (off_t)(data_off + (uint64_t)(b->start - 1) * t->page_size));
     b->n = 0;
+    if (!rc && end >= b->kicked + IMG_BEHIND) {
+        /* advisory: the fsync at the end is what makes the image durable */
+        if (b->kicked > b->waited)
+            sync_file_range(fd, (off_t)b->waited, (off_t)(b->kicked - b->waited),
+                            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+        b->waited = b->kicked;
+        sync_file_range(fd, (off_t)b->kicked, (off_t)(end - b->kicked), SYNC_FILE_RANGE_WRITE);
+        b->kicked = end;
+    }
     return rc;
 }
 
@@ -1148,7 +1165,7 @@ static int img_flush(const struct dbm_timeline *t, int fd, uint64_t data_off, st
 static int img_fill(struct dbm_timeline *t, int fd, const struct dbm_txinfo *ti, uint64_t data_off,
                     struct img_ent *ents)
 {
-    struct img_batch b = { malloc((size_t)IMG_BATCH * t->page_size), 0, 0 };
+    struct img_batch b = { malloc((size_t)IMG_BATCH * t->page_size), 0, 0, data_off, data_off };
     if (!b.buf)
         return -ENOMEM;
     int rc = 0;
