@@ -313,6 +313,19 @@ static void count_files(const char *tdir, int *idx, int *img)
         closedir(d);
 }
 
+/* A new store at root/name with one new root timeline, open in *t, its
+ * directory in tdir (300 bytes), and an empty oracle for it. */
+static struct dbm_store *store_with_tl(const char *name, uint64_t seg, uint64_t img, char *dir, char *tdir,
+                                       uint64_t *id, struct dbm_timeline **t, struct oracle *o)
+{
+    struct dbm_store *s = store_new(name, seg, img, dir);
+    CHECK_EQ_INT(dbm_tl_create(s, PS, 0, 0, id), 0);
+    CHECK_EQ_INT(dbm_tl_open(s, *id, t), 0);
+    tl_dir(tdir, 300, dir, *id);
+    oracle_init(o, NULL, 0);
+    return s;
+}
+
 /* Builds a timeline of n transactions in one big segment (no images). */
 static struct dbm_store *build_small(const char *name, char *dir, uint64_t *id, struct oracle *o, int n,
                                      uint64_t seg)

@@ -603,15 +603,11 @@ static void bg_image_close(struct dbm_store *s)
 static void test_bg_images(void)
 {
     char dir[256], tdir[300];
-    struct dbm_store *s = store_new("bgimg", 64 * 1024, 48 * 1024, dir);
     uint64_t id, rng = 99;
     struct dbm_timeline *t;
     struct oracle o;
     int bad = 0, done, tmp, i;
-    CHECK_EQ_INT(dbm_tl_create(s, PS, 0, 0, &id), 0);
-    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
-    tl_dir(tdir, sizeof tdir, dir, id);
-    oracle_init(&o, NULL, 0);
+    struct dbm_store *s = store_with_tl("bgimg", 64 * 1024, 48 * 1024, dir, tdir, &id, &t, &o);
     gate_set(1, 0);
     dbm_sys.pwrite = gate_pwrite;
     for (i = 0; i < 1000 && !bg_running(t); i++) {

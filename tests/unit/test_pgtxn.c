@@ -156,15 +156,11 @@ static int apply_stream_big(struct dbm_timeline *t, struct oracle *o, uint64_t *
 static void test_stream(void)
 {
     char dir[256], tdir[300];
-    struct dbm_store *s = store_new("stream", 32 * 1024, 160 * 1024, dir);
     uint64_t id, rng = 4242;
     struct dbm_timeline *t;
     struct oracle o;
     int bad = 0, streamed = 0;
-    CHECK_EQ_INT(dbm_tl_create(s, PS, 0, 0, &id), 0);
-    CHECK_EQ_INT(dbm_tl_open(s, id, &t), 0);
-    tl_dir(tdir, sizeof tdir, dir, id);
-    oracle_init(&o, NULL, 0);
+    struct dbm_store *s = store_with_tl("stream", 32 * 1024, 160 * 1024, dir, tdir, &id, &t, &o);
     for (int i = 0; i < 400; i++) {
         if (i % 60 == 30) {
             bad += apply_stream_big(t, &o, &rng, 3) != 0;
