@@ -22,10 +22,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "timefmt.h"
 
 #define PSI_PATH "/proc/pressure/cpu"
 #define SAMPLE_MS 100
@@ -57,13 +57,6 @@ static int64_t total_us(int fd)
     return (int64_t)strtoull(t + 6, NULL, 10);
 }
 
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 /* Waits ms for a stop: 1 if asked to, 0 if the time passed. */
 static int stopped(struct dbm_cpuguard *g, int ms)
 {
@@ -83,10 +76,10 @@ static void *guard_main(void *arg)
     unsigned at = 0;
     int contended = 0, quiet = 0;
     int64_t prev = total_us(g->stat);
-    uint64_t prev_t = now_us();
+    uint64_t prev_t = dbm_mono_ns() / 1000;
     while (!stopped(g, SAMPLE_MS)) {
         int64_t cur = total_us(g->stat);
-        uint64_t t = now_us();
+        uint64_t t = dbm_mono_ns() / 1000;
         /* an unreadable total counts as all waiting: the safe side */
         uint64_t dt = t - prev_t, dw = prev >= 0 && cur >= prev ? (uint64_t)(cur - prev) : dt;
         prev = cur;

@@ -105,8 +105,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "crc32c.h"
@@ -115,6 +113,7 @@
 #include "sqlproto.h"
 #include "sysio.h"
 #include "thread.h"
+#include "timefmt.h"
 
 #define DEFAULT_SEGMENT (64ull << 20)
 #define DEFAULT_IMAGE (64ull << 20)
@@ -123,7 +122,7 @@
 #define IMG_BATCH 256           /* pages per write when building an image */
 #define IMG_BEHIND (8u << 20)  /* image bytes written between writeback kicks */
 #define IMG_NICE 10             /* a background image yields the CPU to requests */
-#define IMG_RETRY_NS (10ull * 1000000000) /* after a failed image, before the next */
+#define IMG_RETRY_NS (10 * DBM_NS_PER_SEC) /* after a failed image, before the next */
 
 struct tl_meta {
     uint64_t magic;
@@ -1310,19 +1309,12 @@ int dbm_tl_image(struct dbm_timeline *t)
     return rc;
 }
 
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void *img_bg_main(void *arg)
 {
     struct dbm_timeline *t = arg;
     /* a copy of the database must not take the CPU from the requests that
      * wait on the daemon (best effort: nice is per thread on Linux) */
-    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), IMG_NICE);
+    setpriority(PRIO_PROCESS, (id_t)gettid(), IMG_NICE);
     pthread_mutex_lock(&t->bg_mu);
     uint64_t txid = t->bg_txid;
     pthread_mutex_unlock(&t->bg_mu);
@@ -1332,7 +1324,7 @@ static void *img_bg_main(void *arg)
     pthread_mutex_lock(&t->bg_mu);
     t->bg_running = 0;
     if (rc && rc != -ECANCELED)
-        t->bg_retry_ns = mono_ns() + IMG_RETRY_NS;
+        t->bg_retry_ns = dbm_mono_ns() + IMG_RETRY_NS;
     pthread_cond_broadcast(&t->bg_cv);
     pthread_mutex_unlock(&t->bg_mu);
     return NULL;
@@ -1341,7 +1333,7 @@ static void *img_bg_main(void *arg)
 void dbm_pgs_tl_image_soon(struct dbm_timeline *t, uint64_t txid)
 {
     pthread_mutex_lock(&t->bg_mu);
-    if (t->bg_running || (t->bg_retry_ns && mono_ns() < t->bg_retry_ns)) {
+    if (t->bg_running || (t->bg_retry_ns && dbm_mono_ns() < t->bg_retry_ns)) {
         pthread_mutex_unlock(&t->bg_mu);
         return;
     }
@@ -1353,7 +1345,7 @@ void dbm_pgs_tl_image_soon(struct dbm_timeline *t, uint64_t txid)
     int rc = dbm_thread_start(&t->bg_th, "dbm-image", img_bg_main, t);
     if (rc) {
         t->bg_running = 0;
-        t->bg_retry_ns = mono_ns() + IMG_RETRY_NS;
+        t->bg_retry_ns = dbm_mono_ns() + IMG_RETRY_NS;
         dbm_err("pagestore: %s: cannot start writing an image at txid %" PRIu64 ": %s", t->dir, txid,
                 strerror(-rc));
     } else {

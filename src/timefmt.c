@@ -17,6 +17,13 @@ uint64_t dbm_now_ns(void)
     return (uint64_t)ts.tv_sec * DBM_NS_PER_SEC + (uint64_t)ts.tv_nsec;
 }
 
+uint64_t dbm_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * DBM_NS_PER_SEC + (uint64_t)ts.tv_nsec;
+}
+
 void dbm_ts_compact(uint64_t ns, char *buf)
 {
     time_t t = (time_t)(ns / DBM_NS_PER_SEC);

@@ -6,7 +6,8 @@
 
 #define DBM_NS_PER_SEC 1000000000ULL
 
-uint64_t dbm_now_ns(void); /* CLOCK_REALTIME */
+uint64_t dbm_now_ns(void);  /* CLOCK_REALTIME */
+uint64_t dbm_mono_ns(void); /* CLOCK_MONOTONIC: for intervals, not instants */
 
 /* "20261120T103200Z" (colon-free UTC, second precision; sub-seconds dropped).
  * buf must hold DBM_TS_COMPACT_LEN + 1. */
