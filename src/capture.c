@@ -476,6 +476,7 @@ out_nobatch:
 
 int dbm_cap_journal_commit(struct base *b, enum jmode how)
 {
+    __atomic_store_n(&b->db_clean, 0, __ATOMIC_RELEASE); /* the next transaction's writer syncs afresh (livewb.c) */
     int rc = dbm_dur_prepare_commit(b);
     if (rc == 0)
         rc = rb_commit(b, 0);

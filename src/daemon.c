@@ -113,7 +113,8 @@ static int env_attach(struct dbm_daemon *d, const struct dbm_env_conf *ec, char 
         e->created_ns = dbm_catalog_env_get(d->cat, ec->name, &ce) == 0 ? ce.created_ns : dbm_now_ns();
         e->changed_ns = dbm_now_ns();
         struct dbm_livedb_params lp = { .env = ec->name, .backing_dir = dir, .store = d->store, .cat = d->cat,
-                                          .backing = &d->backing };
+                                          .backing = &d->backing, .tag = (uint64_t)d->nenvs,
+                                          .writeback = d->writeback };
         if ((rc = dbm_livedb_open(&lp, &e->live)) < 0) {
             free(e);
             snprintf(err, errsz, "environment %s: cannot open its databases: %s", ec->name, strerror(-rc));
@@ -178,7 +179,7 @@ void dbm_daemon_record_pid(struct dbm_daemon *d)
         dbm_warn("%s/%s: cannot record the pid: %s", d->state_dir, DBM_LOCK_FILE, strerror(errno));
 }
 
-int dbm_daemon_open(const char *state_dir, struct dbm_daemon **out, char *err, size_t errsz)
+int dbm_daemon_open(const char *state_dir, int writeback, struct dbm_daemon **out, char *err, size_t errsz)
 {
     struct stat st;
     char path[4096];
@@ -198,6 +199,7 @@ int dbm_daemon_open(const char *state_dir, struct dbm_daemon **out, char *err, s
         return -ENOMEM;
     }
     d->lock_fd = -1;
+    d->writeback = writeback;
     pthread_rwlock_init(&d->cfg_lock, NULL);
     pthread_mutex_init(&d->maint_mu, NULL);
     pthread_cond_init(&d->maint_cv, NULL);

@@ -55,6 +55,8 @@ struct dbm_daemon {
     int maint_stop;
     struct dbm_uring *uring;          /* the FUSE transport, set by main; may be NULL */
     struct dbm_fusepass *pass;        /* passthrough, set by main; may be NULL */
+    struct dbm_fusewb *wb;            /* the writeback cache, set by main; may be NULL */
+    int writeback;                    /* the livedbs run with the writeback cache (set at open) */
     struct dbm_livedb_backing backing; /* every livedb's passthrough hooks (fsops sets them) */
     uid_t mount_uid;                  /* owner of README and status */
     gid_t mount_gid;
@@ -67,9 +69,11 @@ int dbm_daemon_init_state(const char *dir, char *err, size_t errsz);
 
 /* Validates and opens the state directory: takes its lock (-EBUSY if
  * another daemon holds it), loads the config, opens the catalog and the
- * page store, builds the environments. err gets a message on failure.
+ * page store, builds the environments (writeback: their databases are
+ * served with FUSE's writeback cache, fusewb.h). err gets a message on
+ * failure.
  * The caller applies cfg->log_level when logging goes where it stays. */
-int dbm_daemon_open(const char *state_dir, struct dbm_daemon **out, char *err, size_t errsz);
+int dbm_daemon_open(const char *state_dir, int writeback, struct dbm_daemon **out, char *err, size_t errsz);
 void dbm_daemon_close(struct dbm_daemon *d); /* accepts NULL and half-built objects */
 /* Writes this process's pid into the lock file (again, after a fork). */
 void dbm_daemon_record_pid(struct dbm_daemon *d);

@@ -149,7 +149,13 @@ static int mark_save(struct base *b, uint64_t tl_id, uint64_t txid, int durable)
             return -errno;
     }
     struct mark m = { .magic = MARK_MAGIC2, .tl_id = tl_id, .txid = txid };
-    snprintf(m.boot, sizeof m.boot, "%s", boot_id());
+    /* with the writeback cache a daemon crash loses what the kernel held for
+     * the files (a checkpoint's pages among it): no later start may trust
+     * the file as the same boot left it (dbm_dur_recover) */
+    if (b->l->writeback)
+        snprintf(m.boot, sizeof m.boot, "%.35s:wb", boot_id()); /* a boot id is 36 characters: never equal */
+    else
+        snprintf(m.boot, sizeof m.boot, "%s", boot_id());
     m.crc = dbm_crc32c(0, &m, offsetof(struct mark, crc));
     if (dbm_pwrite_all(b->mark_fd, &m, sizeof m, 0) < 0)
         return -errno;
@@ -544,6 +550,7 @@ static void sync_all(struct dbm_livedb *l)
         return;
     for (size_t i = 0; i < n; i++) {
         struct base *b = v[i];
+        (void)dbm_wb_flush_slot(b, &b->wal, 0); /* what the kernel holds of it (logged) */
         pthread_mutex_lock(&b->mu);
         /* a connection that switched to locking_mode=EXCLUSIVE after its WAL
          * opened in passthrough takes no lock per transaction: its commits
@@ -559,9 +566,15 @@ static void sync_all(struct dbm_livedb *l)
         last = sync_target(b, last);
         if (id && b->db && b->db->fd >= 0 && last > b->synced_txid)
             fd = dup(b->db->fd);
+        int wal = b->wal_mode;
         pthread_mutex_unlock(&b->mu);
         if (fd < 0)
             continue;
+        /* WAL mode: a checkpoint's pages may still be in the kernel */
+        if (wal && dbm_wb_flush_slot(b, &b->db, 1) < 0) {
+            close(fd);
+            continue;
+        }
         /* the file held txid last when we looked (later writes are of pages
          * later transactions wrote: a repair rewrites those anyway); the sync
          * runs without the base's lock so that commits go on meanwhile */

@@ -19,6 +19,7 @@
 #include "daemon.h"
 #include "fusepass.h"
 #include "fuseuring.h"
+#include "fusewb.h"
 #include "livedb.h"
 #include "log.h"
 #include "strutil.h"
@@ -227,13 +228,18 @@ static void reply_negative(fuse_req_t req, double ttl)
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
     struct dbm_daemon *d = userdata;
-    (void)d;
     if (conn->capable & FUSE_CAP_POSIX_LOCKS)
         conn->want |= FUSE_CAP_POSIX_LOCKS;
     /* Explicit invalidation instead of dropping the whole cache on every
      * mtime change (fuse-notes.md): db files change only through us. */
     conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
-    conn->want &= ~FUSE_CAP_WRITEBACK_CACHE; /* writes must reach us when SQLite makes them */
+    /* the writeback cache (fusewb.h), or every write as SQLite makes it */
+    int wb = dbm_fusewb_wanted(d->wb) && (conn->capable & FUSE_CAP_WRITEBACK_CACHE);
+    dbm_fusewb_init(d->wb, wb);
+    if (wb)
+        conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+    else
+        conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
     if (conn->capable & FUSE_CAP_SPLICE_WRITE)
         conn->want |= FUSE_CAP_SPLICE_WRITE;
     conn->want &= ~FUSE_CAP_FLOCK_LOCKS;
@@ -654,8 +660,11 @@ static void set_dbfile_open(struct fuse_file_info *fi, struct dbm_dbhandle *h)
     int cacheable;
     int id = dbm_livedb_handle_passthrough(h, &cacheable);
     fi->keep_cache = cacheable;
+    fi->direct_io = dbm_livedb_handle_direct(h);
     dbm_fusepass_reply_next(id);
 }
+
+
 
 static void reply_open_dbfile(fuse_req_t req, struct fuse_file_info *fi, struct dbm_dbhandle *h)
 {
@@ -685,6 +694,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     if (e)
         rc = dbm_livedb_open_file(e->live, ino_id(ino), fi->flags, &h);
     pthread_rwlock_unlock(&d->cfg_lock);
+    if (rc == 0 && dbm_fusewb_is_own(d->wb, fuse_req_ctx(req)->pid))
+        dbm_livedb_handle_set_own(h); /* the writeback helper's (fusewb.h) */
     if (rc == 0)
         rc = dbm_fs_fh_give(fi, h, drop_dbhandle);
     if (rc < 0) {
@@ -835,7 +846,7 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 {
     int rc = 0;
     if (ino_kind(ino) == K_DBFILE)
-        rc = dbm_livedb_fsync(dbm_fs_fh(fi), datasync);
+        rc = dbm_livedb_fsync(dbm_fs_fh(fi), datasync, fuse_req_ctx(req)->pid);
     fuse_reply_err(req, -rc);
 }
 
@@ -953,9 +964,28 @@ static void backing_close(void *ctx, int id)
     dbm_fusepass_backing_close(d->pass, id);
 }
 
+/* tag: the environment's index (daemon.c) */
+static int backing_wb_flush(void *ctx, uint64_t tag, uint64_t id)
+{
+    struct dbm_daemon *d = ctx;
+    return dbm_fusewb_flush(d->wb, mkino(K_DBFILE, (int)tag, id));
+}
+
+static struct fuse_session *session; /* for notifications; set before the loop */
+
+static void backing_wb_inval(void *ctx, uint64_t tag, uint64_t id)
+{
+    (void)ctx;
+    int rc = fuse_lowlevel_notify_inval_inode(session, mkino(K_DBFILE, (int)tag, id), 0, 0);
+    if (rc < 0 && rc != -ENOENT)
+        dbm_warn("cannot drop the kernel's copy of a database file: %s", strerror(-rc));
+}
+
 struct fuse_session *dbm_fs_session_new(struct dbm_daemon *d, struct fuse_args *args, int rfd)
 {
     ready_fd = rfd;
-    d->backing = (struct dbm_livedb_backing){ .open = backing_open, .close = backing_close, .ctx = d };
-    return fuse_session_new(args, &ops, sizeof ops, d);
+    d->backing = (struct dbm_livedb_backing){ .open = backing_open, .close = backing_close,
+                                              .wb_flush = backing_wb_flush, .wb_inval = backing_wb_inval, .ctx = d };
+    session = fuse_session_new(args, &ops, sizeof ops, d);
+    return session;
 }

@@ -34,7 +34,6 @@ struct snapent {
     char name[64];
     uint64_t nlookup;
     struct dbm_snapshot *snap;
-    uint64_t exp_exact;  /* export size last reported exact to the kernel (0: never) */
 };
 
 static pthread_mutex_t sn_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -71,9 +70,17 @@ int dbm_snapfs_is(fuse_ino_t ino)
     return k >= K_SNAPDIR && k <= K_SNAPSHA;
 }
 
+/* An export.bacpac looked up once it was produced gets another inode (this
+ * bit in its id): the kernel then holds its exact size from the start. With
+ * the writeback cache the kernel takes a regular file's size from the daemon
+ * only when it creates the inode, so the first inode keeps the bound it was
+ * created with (fs-layout.md); its entry is never cached, so the next lookup
+ * finds the new one. */
+#define EXP_PRODUCED (1ull << 39)
+
 static uint64_t slot_of(fuse_ino_t ino)
 {
-    return ino_kind(ino) == K_SNAPDB ? ino_id(ino) >> 16 : ino_id(ino);
+    return ino_kind(ino) == K_SNAPDB ? ino_id(ino) >> 16 : ino_id(ino) & ~EXP_PRODUCED;
 }
 
 /* A new reference to the snapshot of slot, or NULL. */
@@ -207,21 +214,14 @@ static void fill_common(struct dbm_env *e, struct stat *st, fuse_ino_t ino, uint
     st->st_atim = st->st_ctim = st->st_mtim;
 }
 
-/* The kernel now holds the export's exact size for this slot. */
-static void note_exact(uint64_t slot, uint64_t size)
+/* Whether the export of slot's snapshot is produced (its size exact). */
+static int export_produced(struct dbm_daemon *d, uint64_t slot)
 {
-    pthread_mutex_lock(&sn_mu);
-    if (slot >= 1 && slot <= ntab && tab[slot - 1].used)
-        tab[slot - 1].exp_exact = size;
-    pthread_mutex_unlock(&sn_mu);
-}
-
-static uint64_t exact_reported(uint64_t slot)
-{
-    pthread_mutex_lock(&sn_mu);
-    uint64_t v = slot >= 1 && slot <= ntab && tab[slot - 1].used ? tab[slot - 1].exp_exact : 0;
-    pthread_mutex_unlock(&sn_mu);
-    return v;
+    struct dbm_snapshot *s = snap_get(slot);
+    uint64_t size;
+    int done = s && dbm_export_peek_size(d->exports, s, &size) == 1;
+    dbm_snapshot_put(s);
+    return done;
 }
 
 static int slot_is_latest(uint64_t slot)
@@ -280,8 +280,6 @@ int dbm_snapfs_attr(struct dbm_daemon *d, struct dbm_env *e, fuse_ino_t ino, str
         st->st_mode = S_IFREG | fmode;
         st->st_size = (off_t)size;
         *ttl = 0;
-        if (done == 1)
-            note_exact(slot, size);
         break;
     }
     case K_SNAPSHA:
@@ -324,7 +322,7 @@ int dbm_snapfs_lookup(struct dbm_daemon *d, struct dbm_env *e, fuse_ino_t parent
         if (strcmp(name, "db") == 0)
             *ino = mkino(K_SNAPDBDIR, e->index, ino_id(parent));
         else if (strcmp(name, "export.bacpac") == 0)
-            *ino = mkino(K_SNAPEXP, e->index, ino_id(parent));
+            *ino = mkino(K_SNAPEXP, e->index, ino_id(parent) | (export_produced(d, ino_id(parent)) ? EXP_PRODUCED : 0));
         else if (strcmp(name, "export.bacpac.sha256") == 0)
             *ino = mkino(K_SNAPSHA, e->index, ino_id(parent));
         else
@@ -457,9 +455,9 @@ static void open_export(fuse_req_t req, struct dbm_daemon *d, fuse_ino_t ino, st
     }
     int fd;
     uint64_t exact;
-    if (dbm_export_file(e, &fd, &exact) && exact_reported(slot_of(ino)) == exact && !slot_is_latest(slot_of(ino))) {
-        /* produced, immutable, and the kernel knows its exact size: the page
-         * cache may keep it (warm reads at memory speed) */
+    if ((ino_id(ino) & EXP_PRODUCED) && dbm_export_file(e, &fd, &exact) && !slot_is_latest(slot_of(ino))) {
+        /* produced, immutable, and the kernel created the inode with its
+         * exact size: the page cache may keep it (warm reads at memory speed) */
         fi->keep_cache = 1;
         fuse_reply_open(req, fi);
         return;

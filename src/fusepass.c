@@ -21,11 +21,11 @@
 #include <string.h>
 #include <linux/capability.h>
 #include <sys/ioctl.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "log.h"
 #include "strutil.h"
+#include "sysio.h"
 
 #define INIT_OPCODE 26
 #define INIT_EXT (1u << 30)
@@ -84,16 +84,6 @@ static void set_why(struct dbm_fusepass *p, const char *why)
     pthread_mutex_unlock(&p->mu);
 }
 
-/* Whether this thread has CAP_SYS_ADMIN in its effective set. */
-static int have_sys_admin(void)
-{
-    struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
-    struct __user_cap_data_struct d[2];
-    if (syscall(SYS_capget, &h, d) < 0)
-        return 0;
-    return (d[CAP_SYS_ADMIN / 32].effective >> (CAP_SYS_ADMIN % 32)) & 1;
-}
-
 struct dbm_fusepass *dbm_fusepass_create(int fuse_fd, enum dbm_pass_mode mode)
 {
     struct dbm_fusepass *p = calloc(1, sizeof *p);
@@ -104,7 +94,11 @@ struct dbm_fusepass *dbm_fusepass_create(int fuse_fd, enum dbm_pass_mode mode)
     const char *why = "off (the kernel has not sent INIT yet)";
     if (mode == DBM_PASS_OFF) {
         why = "off (-o passthrough=off)";
-    } else if (!have_sys_admin()) {
+    } else if (mode == DBM_PASS_WRITEBACK) {
+        mode = DBM_PASS_OFF;
+        why = "off (the writeback cache is on, and the kernel does not combine the two; -o writeback=off gives "
+              "passthrough)";
+    } else if (!dbm_have_cap(CAP_SYS_ADMIN)) {
         mode = DBM_PASS_OFF;
         why = "off (registering backing files needs CAP_SYS_ADMIN)";
     }

@@ -27,7 +27,8 @@
 struct dbm_sbuf;
 struct dbm_fusepass;
 
-enum dbm_pass_mode { DBM_PASS_OFF, DBM_PASS_AUTO };
+/* DBM_PASS_WRITEBACK: off, because the writeback cache is on (fusewb.h) */
+enum dbm_pass_mode { DBM_PASS_OFF, DBM_PASS_AUTO, DBM_PASS_WRITEBACK };
 
 /* Parses "auto" or "off" (-o passthrough=...). -EINVAL for anything else. */
 int dbm_fusepass_parse_mode(const char *s, enum dbm_pass_mode *out);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -148,6 +149,8 @@ int dbm_livedb_open(const struct dbm_livedb_params *p, struct dbm_livedb **out)
     l->store = p->store;
     l->cat = p->cat;
     l->backing = p->backing;
+    l->writeback = p->writeback;
+    l->tag = p->tag;
     l->fmode = 0644;
     dbm_strlcpy(l->env, p->env, sizeof l->env);
     int rc = -ENOMEM;
@@ -339,9 +342,35 @@ int dbm_livedb_list(struct dbm_livedb *l, size_t start,
 /* Whether the new handle of f opens in passthrough. The kernel refuses an
  * inode opened both ways, or with two backing files: so the first open
  * decides, and the others follow while any is open. l->mu held. */
+/* locking_mode=EXCLUSIVE opens the WAL holding EXCLUSIVE on the database
+ * and then takes no lock per transaction: only its writes can tell a commit
+ * at once, so a WAL opened then is written through the daemon, write by
+ * write (neither in passthrough nor cached). l->mu held. */
+static int wal_opened_exclusive(struct dbfile *f)
+{
+    struct dbfile *db = f->base->db;
+    if (!db || f->kind != DBM_SQLFILE_WAL)
+        return 0;
+    pthread_mutex_lock(&db->mu);
+    int excl = dbm_lock_held_at(&db->locks, F_WRLCK, DBM_SHARED_FIRST);
+    pthread_mutex_unlock(&db->mu);
+    return excl;
+}
+
 static int handle_passthrough(struct dbm_livedb *l, struct dbfile *f)
 {
     const struct dbm_livedb_backing *bk = l->backing;
+    if (l->writeback) {
+        /* the first application open decides, the others follow while any
+         * is open: the kernel holds a cached WAL's writes until written
+         * back, and capture reads it at sync points, as in passthrough */
+        if (f->kind == DBM_SQLFILE_WAL && !f->unlinked && f->nopen == f->nown) {
+            f->wb_direct = wal_opened_exclusive(f);
+            if (!f->wb_direct)
+                __atomic_store_n(&f->base->wal_blind, 1, __ATOMIC_RELEASE);
+        }
+        return 0; /* the kernel refuses passthrough with the writeback cache */
+    }
     if ((f->kind != DBM_SQLFILE_WAL && f->kind != DBM_SQLFILE_JOURNAL) || f->unlinked || f->fd < 0 || !bk ||
         !bk->open)
         return 0;
@@ -349,17 +378,8 @@ static int handle_passthrough(struct dbm_livedb *l, struct dbfile *f)
         return 1;
     if (f->nopen > 0)
         return 0; /* open through the daemon: so are the others until all close */
-    struct dbfile *db = f->base->db;
-    if (db && f->kind == DBM_SQLFILE_WAL) {
-        /* locking_mode=EXCLUSIVE opens the WAL holding EXCLUSIVE on the
-         * database and then takes no lock per transaction: only its writes
-         * can tell a commit at once, so they come through us */
-        pthread_mutex_lock(&db->mu);
-        int excl = dbm_lock_held_at(&db->locks, F_WRLCK, DBM_SHARED_FIRST);
-        pthread_mutex_unlock(&db->mu);
-        if (excl)
-            return 0;
-    }
+    if (wal_opened_exclusive(f))
+        return 0;
     int id = bk->open(bk->ctx, f->fd);
     if (id <= 0) {
         if (id != -EOPNOTSUPP)
@@ -379,6 +399,7 @@ static int handle_new(struct dbm_livedb *l, struct dbfile *f, int flags, struct 
         return -ENOMEM;
     nh->f = f;
     nh->flags = flags;
+    nh->own = 0;
     nh->pt = handle_passthrough(l, f);
     if (nh->pt)
         f->pt_open++;
@@ -432,6 +453,8 @@ int dbm_livedb_create(struct dbm_livedb *l, const char *name, int flags, uint64_
         f->fd = fd;
         if (f->kind != DBM_SQLFILE_JOURNAL) /* a journal's entry never needs to be durable (durable.c) */
             __atomic_store_n(&l->dir_dirty, 1, __ATOMIC_RELEASE);
+        if (f->kind == DBM_SQLFILE_JOURNAL || f->kind == DBM_SQLFILE_WAL)
+            __atomic_store_n(&b->unjournaled, 0, __ATOMIC_RELAXED);
     } else if ((rc = dbm_cap_ensure_fd(l, f)) < 0) {
         goto out;
     }
@@ -463,13 +486,32 @@ int dbm_livedb_open_file(struct dbm_livedb *l, uint64_t id, int flags, struct db
     return rc;
 }
 
+void dbm_livedb_handle_set_own(struct dbm_dbhandle *h)
+{
+    struct dbm_livedb *l = h->f->base->l;
+    pthread_mutex_lock(&l->mu);
+    if (!h->own)
+        h->f->nown++;
+    h->own = 1;
+    pthread_mutex_unlock(&l->mu);
+}
+
 int dbm_livedb_handle_fd(struct dbm_dbhandle *h) { return h->f->fd; }
+
+int dbm_livedb_handle_direct(struct dbm_dbhandle *h)
+{
+    struct dbm_livedb *l = h->f->base->l;
+    pthread_mutex_lock(&l->mu);
+    int d = l->writeback && (h->f->kind == DBM_SQLFILE_JOURNAL || h->f->wb_direct);
+    pthread_mutex_unlock(&l->mu);
+    return d;
+}
 
 int dbm_livedb_handle_passthrough(struct dbm_dbhandle *h, int *cacheable)
 {
     struct dbm_livedb *l = h->f->base->l;
     *cacheable = (h->f->kind != DBM_SQLFILE_WAL && h->f->kind != DBM_SQLFILE_JOURNAL) || !l->backing ||
-                 !l->backing->open;
+                 !l->backing->open || l->writeback;
     if (!h->pt)
         return 0;
     pthread_mutex_lock(&l->mu);
@@ -485,6 +527,10 @@ int dbm_livedb_handle_passthrough(struct dbm_dbhandle *h, int *cacheable)
 static void sync_point(struct base *b, int wal, const char *what)
 {
     if (!__atomic_load_n(wal ? &b->wal_blind : &b->journal_blind, __ATOMIC_ACQUIRE))
+        return;
+    /* the writeback cache holds what SQLite wrote until it is written back
+     * (logged if it cannot be: then nothing new is in the file to record) */
+    if (wal && dbm_wb_flush_slot(b, &b->wal, 0) < 0)
         return;
     pthread_mutex_lock(&b->mu);
     int rc = wal ? dbm_cap_wal_sync(b) : dbm_cap_journal_sync(b, 0);
@@ -512,10 +558,14 @@ int dbm_livedb_unlink(struct dbm_livedb *l, const char *name)
     struct dbfile *f;
     struct base *b;
     char basename[DBM_DB_NAME_MAX + 1];
-    if (dbm_sqlfile_classify(name, basename, sizeof basename) == DBM_SQLFILE_NONE)
+    enum dbm_sqlfile kind = dbm_sqlfile_classify(name, basename, sizeof basename);
+    if (kind == DBM_SQLFILE_NONE)
         return -ENOENT;
     int rc = find(l, name, &f, &b);
     if (rc < 0)
+        return rc;
+    /* a journal's removal commits: the pages the kernel holds come first */
+    if (kind == DBM_SQLFILE_JOURNAL && (rc = dbm_wb_flush_slot(b, &b->db, 0)) < 0)
         return rc;
     pthread_mutex_lock(&b->mu);
     /* the name may have changed hands while we waited for the base */
@@ -568,6 +618,11 @@ int dbm_livedb_truncate(struct dbm_livedb *l, uint64_t id, uint64_t size, struct
     pthread_mutex_unlock(&l->mu);
     if (rc < 0)
         return rc;
+    /* a journal truncated to 0 commits: the pages the kernel holds come
+     * first (never the truncated file's own: the kernel holds its writes
+     * back until this returns) */
+    if (f->kind == DBM_SQLFILE_JOURNAL && size == 0 && (rc = dbm_wb_flush_slot(b, &b->db, 0)) < 0)
+        return rc;
     pthread_mutex_lock(&b->mu);
     if (f->kind == DBM_SQLFILE_JOURNAL && size == 0 && (rc = dbm_cap_journal_commit(b, JM_TRUNCATE)) < 0)
         goto out;
@@ -604,11 +659,19 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
         ssize_t n = pwrite(f->fd, buf, size, off);
         return n < 0 ? -errno : n;
     }
+    int zeroed = f->kind == DBM_SQLFILE_JOURNAL && off == 0 && size >= 28 && !memcmp(buf, (char[28]){ 0 }, 28);
+    /* PERSIST's commit (the journal's header zeroed): with the writeback
+     * cache the transaction's pages may still be in the kernel; failing,
+     * the commit fails and the journal stays hot */
+    int rc = zeroed ? dbm_wb_flush_slot(b, &b->db, 0) : 0;
+    if (rc < 0)
+        return rc;
     pthread_mutex_lock(&b->mu);
     ssize_t ret;
-    int rc = 0;
-    if (f->unlinked || (f->kind == DBM_SQLFILE_DB && b->db != f)) {
-        /* an open handle of a removed file: write it, record nothing */
+    if (f->unlinked || (f->kind == DBM_SQLFILE_DB && b->db != f) ||
+        (f->kind == DBM_SQLFILE_WAL && __atomic_load_n(&b->wal_blind, __ATOMIC_ACQUIRE))) {
+        /* an open handle of a removed file: write it, record nothing; a WAL
+         * the kernel writes back (writeback cache): read at sync points */
         ret = pwrite(f->fd, buf, size, off);
         ret = ret < 0 ? -errno : ret;
         goto out;
@@ -639,7 +702,7 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
             goto out;
         }
     }
-    else if (f->kind == DBM_SQLFILE_JOURNAL && off == 0 && size >= 28 && !memcmp(buf, (char[28]){ 0 }, 28))
+    else if (zeroed)
         rc = dbm_cap_journal_commit(b, JM_PERSIST); /* PERSIST mode's commit: the header is zeroed */
     if (rc < 0) {
         ret = rc;
@@ -660,22 +723,64 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
         ret = rc;
 out:
     pthread_mutex_unlock(&b->mu);
+    if (ret < 0 && f->kind != DBM_SQLFILE_JOURNAL)
+        dbm_wb_refused(f); /* the kernel may have sent it back: its copy now differs */
     return ret;
 }
 
-int dbm_livedb_fsync(struct dbm_dbhandle *h, int datasync)
+/* Whether thread tid belongs to the process that holds a write lock on f at
+ * byte off: the writer syncing its own file. Takes f->mu. */
+static int synced_by_writer(struct dbfile *f, uint64_t off, pid_t tid)
+{
+    struct dbm_lock c;
+    pthread_mutex_lock(&f->mu);
+    int held = dbm_lock_test(&f->locks, 0, F_RDLCK, off, off, &c); /* owner 0: any conflicting write lock */
+    pthread_mutex_unlock(&f->mu);
+    return held && c.pid > 0 && tid > 0 && syscall(SYS_tgkill, c.pid, tid, 0) == 0;
+}
+
+/* The writeback cache: the kernel wrote f back before this sync; if the
+ * writer itself synced it at its commit, the commit point needs no flush
+ * (livewb.c). A sync by anyone else says nothing of what the writer writes
+ * next, nor does a WAL sync that committed nothing (SQLite syncs a new WAL's
+ * header before any frame, with synchronous=NORMAL too). committed: this
+ * sync recorded a WAL commit. */
+static void wb_note_sync(struct dbfile *f, pid_t tid, int committed)
+{
+    struct base *b = f->base;
+    struct dbm_livedb *l = b->l;
+    if (!l->writeback)
+        return;
+    if (f->kind == DBM_SQLFILE_DB && synced_by_writer(f, DBM_RESERVED_BYTE, tid)) {
+        __atomic_store_n(&b->db_clean, 1, __ATOMIC_RELEASE);
+    } else if (f->kind == DBM_SQLFILE_WAL && committed) {
+        char name[NAME_MAX + 1];
+        snprintf(name, sizeof name, "%s-shm", b->name);
+        pthread_mutex_lock(&l->mu); /* keeps shm (livedb.mu before dbfile.mu) */
+        struct dbfile *shm = file_by_name(l, name);
+        if (shm && synced_by_writer(shm, DBM_SHM_WRITE_LOCK, tid))
+            __atomic_store_n(&b->wal_clean, 1, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&l->mu);
+    }
+}
+
+int dbm_livedb_fsync(struct dbm_dbhandle *h, int datasync, pid_t tid)
 {
     struct dbfile *f = h->f;
     if (f->kind == DBM_SQLFILE_DB || f->kind == DBM_SQLFILE_JOURNAL || f->kind == DBM_SQLFILE_WAL) {
         struct base *b = f->base;
         int real = 1;
         pthread_mutex_lock(&b->mu);
+        uint64_t before = b->captured;
         int rc = f->kind == DBM_SQLFILE_WAL && b->wal == f       ? dbm_cap_wal_sync(b)
                  : f->kind == DBM_SQLFILE_JOURNAL && b->journal == f ? dbm_cap_journal_sync(b, 1)
                                                                      : 0;
+        int committed = b->captured > before;
         if (rc == 0)
             rc = dbm_dur_fsync(b, f, &real);
         pthread_mutex_unlock(&b->mu);
+        if (rc == 0)
+            wb_note_sync(f, tid, committed);
         if (rc < 0 || !real)
             return rc; /* the store's append made the commit durable */
     }
@@ -727,6 +832,12 @@ ssize_t dbm_livedb_read(struct dbm_dbhandle *h, void *buf, size_t size, off_t of
 int dbm_livedb_flush(struct dbm_dbhandle *h, uint64_t lock_owner)
 {
     struct dbfile *f = h->f;
+    struct dbm_livedb *l = f->base->l;
+    pthread_mutex_lock(&l->mu);
+    int own = h->own;
+    pthread_mutex_unlock(&l->mu);
+    if (own)
+        return 0; /* the daemon's own descriptor: no lock, no commit to look for */
     if (f->kind == DBM_SQLFILE_SHM || f->kind == DBM_SQLFILE_DB) /* its locks go: it may have been writing */
         sync_point(f->base, f->kind == DBM_SQLFILE_SHM, "as a writer closed the database");
     pthread_mutex_lock(&f->mu);
@@ -741,7 +852,6 @@ void dbm_livedb_release(struct dbm_dbhandle *h)
     struct dbfile *f = h->f;
     struct dbm_livedb *l = f->base->l;
     int pt = h->pt;
-    free(h);
     pthread_mutex_lock(&l->mu);
     if (pt && --f->pt_open == 0) {
         /* the kernel dropped its side when the last passthrough file closed */
@@ -750,6 +860,8 @@ void dbm_livedb_release(struct dbm_dbhandle *h)
         f->pt_id = 0;
     }
     f->nopen--;
+    f->nown -= h->own;
+    free(h);
     file_maybe_free(l, f);
     pthread_mutex_unlock(&l->mu);
 }
@@ -792,12 +904,62 @@ static void note_writer(struct dbfile *f)
         __atomic_store_n(&f->base->writer, dbm_lock_held_at(&f->locks, F_WRLCK, DBM_SHM_WRITE_LOCK), __ATOMIC_RELAXED);
 }
 
+/* The writeback cache's checks as a write lock is granted (a clear error
+ * here, where SQLite hears of it, rather than a write the kernel sends later
+ * and nobody waits for): a write transaction (RESERVED, or WAL's WRITE) needs
+ * room in the state directory; the database file's EXCLUSIVE lock, which
+ * SQLite takes before it writes pages, is noted when there is neither a
+ * rollback journal nor a WAL yet (SQLite opens the journal of a new
+ * database's first transaction, or of a VACUUM, after it): if none comes
+ * (journal_mode MEMORY or OFF), the lock's end fails the transaction. */
+static int wb_lock_check(struct dbfile *f, uint64_t start, uint64_t end)
+{
+    struct base *b = f->base;
+    if (f->kind == DBM_SQLFILE_SHM && start == DBM_SHM_WRITE_LOCK && end == DBM_SHM_WRITE_LOCK) {
+        __atomic_store_n(&b->wal_clean, 0, __ATOMIC_RELEASE); /* a new writer: nothing it writes is synced yet */
+        return dbm_wb_room(b->l, b->name);
+    }
+    if (f->kind != DBM_SQLFILE_DB)
+        return 0;
+    if (start <= DBM_RESERVED_BYTE && end >= DBM_RESERVED_BYTE) {
+        __atomic_store_n(&b->db_clean, 0, __ATOMIC_RELEASE);
+        return dbm_wb_room(b->l, b->name);
+    }
+    if (start > DBM_SHARED_FIRST || end < DBM_SHARED_FIRST)
+        return 0;
+    pthread_mutex_lock(&b->mu);
+    if (!b->wal_mode && !b->wal && !b->journal)
+        __atomic_store_n(&b->unjournaled, 1, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&b->mu);
+    return 0;
+}
+
+/* The writeback cache: whether this lock ends an EXCLUSIVE lock taken with
+ * no journal, and none came (journal_mode MEMORY or OFF): the writes come
+ * back and are refused (dbm_cap_db_check_write), and the commit fails. */
+static int wb_unjournaled_end(struct dbfile *f, const struct flock *fl, uint64_t start, uint64_t end)
+{
+    struct base *b = f->base;
+    if (f->kind != DBM_SQLFILE_DB || fl->l_type == F_WRLCK || start > DBM_SHARED_FIRST || end < DBM_SHARED_FIRST ||
+        !__atomic_load_n(&b->unjournaled, __ATOMIC_RELAXED))
+        return 0;
+    (void)dbm_wb_flush_slot(b, &b->db, 1); /* the writes come back and are refused (logged) */
+    return __atomic_exchange_n(&b->unjournaled, 0, __ATOMIC_RELAXED);
+}
+
 int dbm_livedb_setlk(struct dbm_dbhandle *h, uint64_t owner, const struct flock *fl, int sleep,
                      int (*interrupted)(void *), void *arg)
 {
     struct dbfile *f = h->f;
     uint64_t start, end;
     lock_range(fl, &start, &end);
+    int rc, unjournaled = 0;
+    if (f->base->l->writeback && fl->l_type == F_WRLCK && (rc = wb_lock_check(f, start, end)) < 0)
+        return rc;
+    if (f->base->l->writeback) {
+        unjournaled = wb_unjournaled_end(f, fl, start, end);
+        dbm_wb_resync(f->base); /* the kernel's copy of refused writes goes (SQLite reads again after a lock) */
+    }
     /* the end of a write transaction (WRITE released) and the start of a
      * checkpoint (CKPT taken): the WAL's commits are recorded first */
     if (f->kind == DBM_SQLFILE_SHM && start <= DBM_SHM_CKPT_LOCK && end >= DBM_SHM_WRITE_LOCK &&
@@ -806,7 +968,6 @@ int dbm_livedb_setlk(struct dbm_dbhandle *h, uint64_t owner, const struct flock 
     else if (f->kind == DBM_SQLFILE_DB && fl->l_type == F_UNLCK)
         sync_point(f->base, 0, "at the end of a write transaction"); /* PERSIST with synchronous=OFF */
     pthread_mutex_lock(&f->mu);
-    int rc;
     for (;;) {
         rc = dbm_lock_set(&f->locks, owner, fl->l_pid, fl->l_type, start, end);
         if (rc != -EAGAIN || !sleep)
@@ -829,7 +990,7 @@ int dbm_livedb_setlk(struct dbm_dbhandle *h, uint64_t owner, const struct flock 
     if (rc == 0)
         note_writer(f);
     pthread_mutex_unlock(&f->mu);
-    return rc;
+    return rc == 0 && unjournaled ? -EIO : rc; /* the lock changed; the transaction's commit fails */
 }
 
 /* A copy of the bases array (bases live until close), to walk without l->mu.

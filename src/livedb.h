@@ -22,10 +22,17 @@ struct dbm_store;
 struct dbm_catalog;
 struct dbm_sbuf;
 
-/* Passthrough backing files (fusepass.h), provided by the FUSE glue. */
+/* What the FUSE glue provides: passthrough backing files (fusepass.h), and
+ * with the writeback cache a way to reach the kernel's copy of a file. */
 struct dbm_livedb_backing {
     int (*open)(void *ctx, int fd);  /* a backing id (> 0) for fd, or -errno */
     void (*close)(void *ctx, int id);
+    /* Has the kernel write back what it caches of file id of the livedb
+     * tagged tag (the writeback cache, fusewb.h): 0 or -errno. */
+    int (*wb_flush)(void *ctx, uint64_t tag, uint64_t id);
+    /* Drops the kernel's copy of file id (it holds writes the daemon
+     * refused); called from a request that is no write to that file. */
+    void (*wb_inval)(void *ctx, uint64_t tag, uint64_t id);
     void *ctx;
 };
 
@@ -36,6 +43,11 @@ struct dbm_livedb_params {
     struct dbm_catalog *cat;  /* borrowed; outlives the livedb */
     /* borrowed, may be NULL; outlives the livedb; open == NULL: no passthrough */
     const struct dbm_livedb_backing *backing;
+    uint64_t tag;             /* given back to backing->wb_flush and wb_inval */
+    /* The kernel caches writes (FUSE's writeback cache): they reach the
+     * daemon when a file is synced, closed or written back, so every commit
+     * point first makes the kernel write back what it holds (livewb.c). */
+    int writeback;
 };
 int dbm_livedb_open(const struct dbm_livedb_params *p, struct dbm_livedb **out);
 void dbm_livedb_close(struct dbm_livedb *l); /* accepts NULL */
@@ -65,20 +77,30 @@ int dbm_livedb_truncate(struct dbm_livedb *l, uint64_t id, uint64_t size, struct
 
 /* ---- open files ---- */
 int dbm_livedb_open_file(struct dbm_livedb *l, uint64_t id, int flags, struct dbm_dbhandle **h);
+/* The daemon's own handle (its writeback flushes open files through the
+ * mount): it is no application's, and its close is no sync point. */
+void dbm_livedb_handle_set_own(struct dbm_dbhandle *h);
 /* The backing descriptor, for zero-copy reads (fsops splices from it). */
 int dbm_livedb_handle_fd(struct dbm_dbhandle *h);
 /* Passthrough: the backing id a new handle's open reply carries (> 0), or 0
  * to serve it through the daemon. WAL and journal files only: capture reads
  * what SQLite wrote there when it syncs the file, ends its write transaction
  * or checkpoints (capture.c). *cacheable: whether the kernel may keep the
- * file's page cache across opens (not for a file passthrough writes bypass). */
+ * file's page cache across opens (not for a file passthrough writes may
+ * bypass; always with the writeback cache, where the kernel's copy leads). */
 int dbm_livedb_handle_passthrough(struct dbm_dbhandle *h, int *cacheable);
+/* Whether the handle must open with direct I/O: a journal with the writeback
+ * cache, so that its writes (PERSIST's commit among them) reach the daemon in
+ * order with the commits they mark. */
+int dbm_livedb_handle_direct(struct dbm_dbhandle *h);
 ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, off_t off);
 /* Whether reads must come through dbm_livedb_read (a transaction's pages
  * wait in a shadow) rather than from the backing descriptor. */
 int dbm_livedb_shadowed(struct dbm_dbhandle *h);
 ssize_t dbm_livedb_read(struct dbm_dbhandle *h, void *buf, size_t size, off_t off);
-int dbm_livedb_fsync(struct dbm_dbhandle *h, int datasync);
+/* tid: the calling thread (the writer's own sync tells, with the writeback
+ * cache, that the kernel has written its file back). */
+int dbm_livedb_fsync(struct dbm_dbhandle *h, int datasync, pid_t tid);
 /* fsyncdir on db/: makes creations and removals of databases, WALs and
  * super-journals durable (journals need not be: see durable.c). */
 int dbm_livedb_fsyncdir(struct dbm_livedb *l);

@@ -8,8 +8,11 @@
  * Lock order: base.mu -> livedb.mu -> dbfile.mu -> page store -> catalog.
  *   base.mu     the capture state of one database; held across writes to its
  *               db, journal and wal files so commit detection sees them in order
- *   livedb.mu   the namespace: files[], bases[], names, ids, nlookup, nopen
- *   dbfile.mu   the file's POSIX lock table (and its condition variable) */
+ *   livedb.mu   the namespace: files[], bases[], names, ids, nlookup, nopen,
+ *               nown
+ *   dbfile.mu   the file's POSIX lock table (and its condition variable)
+ * A writeback flush (livewb.c) waits for writes that take base.mu: none of
+ * these may be held across one. */
 #ifndef DBM_LIVEDB_I_H
 #define DBM_LIVEDB_I_H
 #include <limits.h>
@@ -31,7 +34,9 @@ struct dbfile {
     struct base *base;
     int fd;            /* backing descriptor (O_RDWR), opened on first use */
     uint64_t nlookup;
-    unsigned nopen;
+    unsigned nopen;    /* open handles, the daemon's own (nown) among them */
+    unsigned nown;
+    int wb_direct;     /* writeback cache: a WAL opened with direct I/O (livedb.c) (livedb.mu) */
     int unlinked;
     int pt_id;         /* passthrough backing id while pt_open > 0, else 0 (livedb.mu) */
     unsigned pt_open;  /* open handles in passthrough (livedb.mu) */
@@ -43,6 +48,7 @@ struct dbfile {
     pthread_mutex_t mu;
     pthread_cond_t cv; /* a lock was released */
     struct dbm_locktab locks;
+    int wb_stale;      /* (atomic) a write the kernel sent back was refused: its copy differs */
 };
 
 enum jmode { JM_UNKNOWN = 0, JM_DELETE, JM_TRUNCATE, JM_PERSIST, JM_WAL };
@@ -121,6 +127,15 @@ struct base {
     uint64_t captured;        /* commits recorded by this daemon run */
     uint64_t refused;         /* writes refused (unsupported journal mode) */
     int writer;               /* RESERVED or WAL WRITE lock held */
+    int wb_stale;             /* (atomic) one of its files has wb_stale set (livewb.c) */
+    /* (atomic) writeback cache: the kernel has written back the database
+     * since its transaction began (SQLite synced it), or the WAL since the
+     * WRITE lock was taken (synced by the writer): a commit point then needs
+     * no flush (livewb.c) */
+    int db_clean, wal_clean;
+    int unjournaled;          /* (atomic) writeback cache: EXCLUSIVE granted on an empty database with no
+                               * journal yet (SQLite opens it after, unless journal_mode is MEMORY
+                               * or OFF: then the unlock fails, livedb.c) */
 };
 
 struct dbm_livedb {
@@ -150,13 +165,43 @@ struct dbm_livedb {
     const struct dbm_livedb_backing *backing; /* may be NULL */
     uint32_t max_dbs;         /* 0: no limit */
     uint64_t max_db_bytes;    /* 0: no limit */
+    int writeback;            /* the kernel caches writes (livewb.c); set at open */
+    uint64_t tag;             /* for backing->wb_flush and wb_inval */
 };
 
 struct dbm_dbhandle {
     struct dbfile *f;
     int flags;
     int pt;  /* opened in passthrough (f->pt_id) */
+    int own; /* the daemon's own (livedb.mu) */
 };
+
+/* livewb.c: the writeback cache. With it SQLite's writes to the database and
+ * its WAL stay in the kernel's page cache until the file is synced, closed or
+ * written back, and reach the daemon then, in large writes; journals are
+ * opened with direct I/O, so that every rollback commit point stays a request
+ * that reaches the daemon in order. A commit point whose writes SQLite did
+ * not sync first has the kernel write back what it holds of the file. */
+/* Makes the backing file of b's file in slot (b->db, b->wal) hold what the
+ * kernel has cached of it, unless its writer synced it (db_clean, wal_clean;
+ * not with force) or no application has it open (a close writes everything
+ * back). 0 or -errno (a write the daemon refused, a full disk), logged. No
+ * lock may be held: the writes it brings take base.mu. */
+int dbm_wb_flush_slot(struct base *b, struct dbfile **slot, int force);
+/* A write of f the kernel sent back failed: the kernel keeps the data as if
+ * written, so its copy is dropped at the database's next lock request
+ * (dbm_wb_resync), where SQLite reads the file again. */
+void dbm_wb_refused(struct dbfile *f);
+/* Drops the kernel's copy of b's database and WAL if they hold refused
+ * writes. No lock held. */
+void dbm_wb_resync(struct base *b);
+/* Whether a new write transaction may start: with the writeback cache a full
+ * disk is seen when the kernel writes back, too late for SQLite to hear of it
+ * with synchronous=OFF, so a transaction does not start while the state
+ * directory's file system has less than DBM_WB_MIN_FREE bytes (at most a
+ * 32nd of its size) free. 0 or -ENOSPC (logged). No lock held. */
+int dbm_wb_room(struct dbm_livedb *l, const char *name);
+#define DBM_WB_MIN_FREE (16ull << 20)
 
 /* capture.c: commit detection and recording. Called with b->mu held. */
 int dbm_cap_db_written(struct base *b, const void *buf, size_t size, off_t off);

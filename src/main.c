@@ -18,6 +18,7 @@
 #include "fsops.h"
 #include "fusepass.h"
 #include "fuseuring.h"
+#include "fusewb.h"
 #include "log.h"
 
 static const char usage[] =
@@ -39,9 +40,14 @@ static const char usage[] =
     "                   application on the CPU that served it (local, the\n"
     "                   default; needs CAP_SYS_NICE and /proc/pressure/cpu) or\n"
     "                   where the scheduler likes\n"
-    "                   passthrough=auto|off: WAL and journal files are read and\n"
-    "                   written by the kernel without a request each (auto, the\n"
-    "                   default; needs CAP_SYS_ADMIN) or through the daemon (off)\n"
+    "                   writeback=auto|off: the kernel caches writes to databases\n"
+    "                   and WALs and sends them in large writes (auto, the\n"
+    "                   default; needs CAP_DAC_READ_SEARCH and more than one\n"
+    "                   thread) or each as SQLite makes it (off)\n"
+    "                   passthrough=auto|off: without the writeback cache, WAL\n"
+    "                   and journal files are read and written by the kernel\n"
+    "                   without a request each (auto, the default; needs\n"
+    "                   CAP_SYS_ADMIN) or through the daemon (off)\n"
     "  -h, --help       this help\n"
     "  -V, --version    print the version\n"
     "\n"
@@ -56,6 +62,7 @@ struct cli {
     char *io_uring; /* -o io_uring=MODE, allocated by fuse_opt_parse */
     char *wakeup;   /* -o wakeup=MODE, likewise */
     char *passthrough; /* -o passthrough=MODE, likewise */
+    char *writeback;   /* -o writeback=MODE, likewise */
     unsigned max_threads; /* -o max_threads=N; 0: not given */
 };
 
@@ -65,6 +72,7 @@ static const struct fuse_opt cli_opts[] = {
     { "io_uring=%s", offsetof(struct cli, io_uring), 0 },
     { "wakeup=%s", offsetof(struct cli, wakeup), 0 },
     { "passthrough=%s", offsetof(struct cli, passthrough), 0 },
+    { "writeback=%s", offsetof(struct cli, writeback), 0 },
     { "max_threads=%u", offsetof(struct cli, max_threads), 0 },
     FUSE_OPT_END,
 };
@@ -232,6 +240,7 @@ int main(int argc, char *argv[])
     enum dbm_uring_mode umode = opts.singlethread ? DBM_URING_OFF : DBM_URING_AUTO; /* -s: one thread, as asked */
     enum dbm_wakeup_mode wmode = DBM_WAKEUP_LOCAL;
     enum dbm_pass_mode pmode = DBM_PASS_AUTO;
+    enum dbm_wb_mode wbmode = DBM_WB_AUTO;
     /* the two-value -o options: the first bad one is refused, saying what is accepted */
     const struct {
         const char *name, *value, *first, *second;
@@ -241,6 +250,8 @@ int main(int argc, char *argv[])
         { "wakeup", cli.wakeup, "local", "any", cli.wakeup && dbm_uring_parse_wakeup(cli.wakeup, &wmode) < 0 },
         { "passthrough", cli.passthrough, "auto", "off",
           cli.passthrough && dbm_fusepass_parse_mode(cli.passthrough, &pmode) < 0 },
+        { "writeback", cli.writeback, "auto", "off",
+          cli.writeback && dbm_fusewb_parse_mode(cli.writeback, &wbmode) < 0 },
     };
     int refused = 0;
     for (size_t i = 0; i < sizeof choice / sizeof *choice && !refused; i++) {
@@ -251,6 +262,7 @@ int main(int argc, char *argv[])
     free(cli.io_uring);
     free(cli.wakeup);
     free(cli.passthrough);
+    free(cli.writeback);
     if (refused) {
         fuse_opt_free_args(&args);
         return 2;
@@ -270,10 +282,21 @@ int main(int argc, char *argv[])
     char *mountpoint = realpath(cli.mountpoint, NULL);
     struct dbm_daemon *d = NULL;
     char err[1024];
-    if (dbm_daemon_open(cli.state_dir, &d, err, sizeof err) < 0) {
-        fprintf(stderr, "dbmovefs: %s\n", err);
+    struct dbm_fusewb *wb = mountpoint ? dbm_fusewb_create(wbmode, opts.singlethread, mountpoint) : NULL;
+    if (!wb) {
+        fprintf(stderr, "dbmovefs: %s: %s\n", cli.mountpoint, mountpoint ? strerror(ENOMEM) : strerror(errno));
+        free(mountpoint);
         return 1;
     }
+    if (dbm_fusewb_wanted(wb))
+        pmode = DBM_PASS_WRITEBACK; /* the kernel does not combine the two */
+    if (dbm_daemon_open(cli.state_dir, dbm_fusewb_wanted(wb), &d, err, sizeof err) < 0) {
+        fprintf(stderr, "dbmovefs: %s\n", err);
+        dbm_fusewb_destroy(wb);
+        free(mountpoint);
+        return 1;
+    }
+    d->wb = wb;
     enum dbm_log_level level = opts.debug ? DBM_LOG_DEBUG : (enum dbm_log_level)d->cfg->log_level;
     if (opts.foreground)
         dbm_log_set_level(level);
@@ -282,6 +305,13 @@ int main(int argc, char *argv[])
         if ((ready = daemonize()) < 0)
             goto out_daemon;
         dbm_daemon_record_pid(d);
+    }
+    /* before any thread: it forks */
+    int rc = dbm_fusewb_start(wb);
+    if (rc < 0) {
+        fprintf(stderr, "dbmovefs: cannot start the writeback cache's helper process: %s (-o writeback=off does "
+                        "without it)\n", strerror(-rc));
+        goto out_daemon;
     }
     /* SIGHUP goes to the reload thread only: block it before any thread starts */
     sigset_t set;
@@ -348,6 +378,7 @@ out_session:
     fuse_session_destroy(se);
 out_daemon:
     dbm_daemon_close(d);
+    dbm_fusewb_destroy(wb);
     free(mountpoint);
     free(opts.mountpoint);
     fuse_opt_free_args(&args);

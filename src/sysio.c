@@ -3,7 +3,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <stdio.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static const struct dbm_sysio real = {
@@ -74,4 +76,13 @@ ssize_t dbm_pread_all(int fd, void *buf, size_t n, off_t off)
         got += (size_t)r;
     }
     return (ssize_t)got;
+}
+
+int dbm_have_cap(int cap)
+{
+    struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+    struct __user_cap_data_struct d[2];
+    if (cap < 0 || cap >= 64 || syscall(SYS_capget, &h, d) < 0)
+        return 0;
+    return (d[cap / 32].effective >> (cap % 32)) & 1;
 }

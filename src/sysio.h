@@ -37,4 +37,8 @@ ssize_t dbm_pread_all(int fd, void *buf, size_t n, off_t off);
  * (~80 us, bench/README.md). lseek reads the size without that. */
 int dbm_fd_size(int fd, uint64_t *size);
 
+/* Whether this thread has capability cap (linux/capability.h) in its
+ * effective set. */
+int dbm_have_cap(int cap);
+
 #endif

@@ -14,6 +14,7 @@
 #include "dbm_config.h"
 #include "exports.h"
 #include "fusepass.h"
+#include "fusewb.h"
 #include "fuseuring.h"
 #include "livedb.h"
 #include "snapshot.h"
@@ -58,6 +59,7 @@ void dbm_text_root_status(struct dbm_daemon *d, struct dbm_sbuf *b)
     dbm_sbuf_kv(b, "uptime_sec", "%llu", (unsigned long long)((now - d->start_ns) / DBM_NS_PER_SEC));
     dbm_uring_report(d->uring, b);
     dbm_fusepass_report(d->pass, b);
+    dbm_fusewb_report(d->wb, b);
     pthread_rwlock_rdlock(&d->cfg_lock);
     dbm_sbuf_kv(b, "config", "%s", d->cfg->path);
     dbm_sbuf_kv(b, "config_reloads", "%llu", (unsigned long long)d->reloads);

@@ -20,6 +20,9 @@ IO_URING = os.environ.get("DBM_TEST_IO_URING", "off")
 # DBM_TEST_PASSTHROUGH=off serves WAL and journal files through the daemon in
 # every mount (its own commit capture, per write) unless a test says otherwise
 PASSTHROUGH = os.environ.get("DBM_TEST_PASSTHROUGH", "auto")
+# DBM_TEST_WRITEBACK=off runs every mount without the writeback cache (then
+# passthrough, or the daemon, gets every write) unless a test says otherwise
+WRITEBACK = os.environ.get("DBM_TEST_WRITEBACK", "auto")
 URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
 
 
@@ -96,8 +99,9 @@ class Mount:
         transport = [] if self.default_transport or any("io_uring=" in str(x) for x in extra) \
             else ["-o", "io_uring=" + IO_URING]
         pt = [] if any("passthrough=" in str(x) for x in extra) else ["-o", "passthrough=" + PASSTHROUGH]
-        self.proc = subprocess.Popen([*self.wrapper, BIN, "-f", *transport, *pt, *extra, self.state, self.mnt], stdout=self.logf,
-                                     stderr=subprocess.STDOUT)
+        wb = [] if any("writeback=" in str(x) for x in extra) else ["-o", "writeback=" + WRITEBACK]
+        self.proc = subprocess.Popen([*self.wrapper, BIN, "-f", *transport, *pt, *wb, *extra, self.state, self.mnt],
+                                     stdout=self.logf, stderr=subprocess.STDOUT)
         wait_for(lambda: os.path.ismount(self.mnt) or self.proc.poll() is not None, what="mount")
         if self.proc.poll() is not None:
             raise AssertionError(f"daemon exited {self.proc.returncode}: {self.read_log()}")
@@ -111,6 +115,10 @@ class Mount:
     def transport(self):
         """fuse_transport from the root status."""
         return kv(open(self.p("status")).read())["fuse_transport"]
+
+    def writeback(self):
+        """Whether the mount runs with the writeback cache (root status)."""
+        return kv(open(self.p("status")).read())["fuse_writeback"].startswith("on")
 
     def stop(self):
         if self.proc is None:

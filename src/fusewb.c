@@ -1,0 +1,268 @@
+/* fusewb.c - see fusewb.h.
+ *
+ * The helper: a child forked before the daemon starts any thread, which
+ * serves one request at a time on a socket pair: an inode number in, an
+ * errno out. It opens the mount's root, opens the inode by file handle from
+ * it, has the kernel write the file back (sync_file_range), and closes both:
+ * it keeps nothing open, so an idle mount is never busy. Its opens reach the
+ * daemon as requests like any other (fsops: dbm_fusewb_is_own). It ignores
+ * the signals a service manager sends the whole group and ends when the
+ * daemon does (the socket's end, or PR_SET_PDEATHSIG). Between fork and its
+ * end it makes raw system calls only: the daemon may have locks held.
+ *
+ * Opening by handle: a FUSE file handle is the node id and the generation
+ * (FILEID_INO64_GEN: three 32-bit words, the id's high and low halves, then
+ * the generation; fs/fuse/inode.c). The daemon's entry replies give
+ * generation 0. The kernel finds the inode in its cache without a request;
+ * one it does not hold is ESTALE, as the daemon does not offer lookups by
+ * node id (FUSE_EXPORT_SUPPORT): it caches nothing of such a file. The
+ * helper checks that the mountpoint holds this mount (the first open records
+ * its device), so a mountpoint something else was mounted on after a lazy
+ * unmount is never used.
+ *
+ * State: why under mu (a leaf); req_mu serializes requests to the helper
+ * (held while it works: no other lock may be held then, livedb_i.h). */
+#include "fusewb.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "strutil.h"
+#include "sysio.h"
+
+#define FUSE_MAGIC 0x65735546      /* statfs f_type of a FUSE mount */
+#define FILEID_INO64_GEN 0x81
+#define ON_WHY "on (the kernel caches writes to databases and WALs and sends them in large writes; journals use " \
+               "direct I/O)"
+
+struct dbm_fusewb {
+    enum dbm_wb_mode mode;
+    char *mountpoint;
+    pid_t helper;                 /* 0 until started */
+    int sock;                     /* to the helper, or -1 */
+    pthread_mutex_t req_mu;       /* one request at a time */
+    pthread_mutex_t mu;
+    char why[200];                /* what fuse_writeback says */
+};
+
+int dbm_fusewb_parse_mode(const char *s, enum dbm_wb_mode *out)
+{
+    if (strcmp(s, "auto") == 0)
+        *out = DBM_WB_AUTO;
+    else if (strcmp(s, "off") == 0)
+        *out = DBM_WB_OFF;
+    else
+        return -EINVAL;
+    return 0;
+}
+
+static void set_why(struct dbm_fusewb *w, const char *why)
+{
+    pthread_mutex_lock(&w->mu);
+    dbm_strlcpy(w->why, why, sizeof w->why);
+    pthread_mutex_unlock(&w->mu);
+}
+
+struct dbm_fusewb *dbm_fusewb_create(enum dbm_wb_mode mode, int single_threaded, const char *mountpoint)
+{
+    struct dbm_fusewb *w = calloc(1, sizeof *w);
+    if (!w || !(w->mountpoint = strdup(mountpoint))) {
+        free(w);
+        return NULL;
+    }
+    w->sock = -1;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_mutex_init(&w->req_mu, NULL);
+    const char *why = ON_WHY;
+    if (mode == DBM_WB_OFF)
+        why = "off (-o writeback=off)";
+    else if (single_threaded)
+        why = "off (-s: a commit point waits for writes that another thread must serve)";
+    else if (!dbm_have_cap(CAP_DAC_READ_SEARCH))
+        why = "off (reaching the kernel's copy of a file by handle needs CAP_DAC_READ_SEARCH)";
+    w->mode = strcmp(why, ON_WHY) == 0 ? DBM_WB_AUTO : DBM_WB_OFF;
+    dbm_strlcpy(w->why, why, sizeof w->why);
+    return w;
+}
+
+void dbm_fusewb_destroy(struct dbm_fusewb *w)
+{
+    if (!w)
+        return;
+    if (w->sock >= 0)
+        close(w->sock); /* the helper sees the end and exits */
+    if (w->helper > 0)
+        waitpid(w->helper, NULL, 0);
+    pthread_mutex_destroy(&w->mu);
+    pthread_mutex_destroy(&w->req_mu);
+    free(w->mountpoint);
+    free(w);
+}
+
+int dbm_fusewb_wanted(const struct dbm_fusewb *w)
+{
+    return w && w->mode == DBM_WB_AUTO;
+}
+
+void dbm_fusewb_init(struct dbm_fusewb *w, int offered)
+{
+    if (dbm_fusewb_wanted(w) && !offered)
+        set_why(w, "off (the kernel did not offer it)");
+}
+
+/* ---- the helper (raw system calls only) ---- */
+
+/* Writes back inode ino of the mount on mountpoint: 0 or -errno. dev: the
+ * mount's device, recorded by the first call. */
+static int helper_flush(const char *mountpoint, uint64_t ino, dev_t *dev)
+{
+    int mfd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC); /* not O_PATH: open_by_handle_at refuses it */
+    if (mfd < 0)
+        return -errno;
+    struct statfs sf;
+    struct stat st;
+    int rc = 0;
+    if (fstatfs(mfd, &sf) < 0 || fstat(mfd, &st) < 0 || sf.f_type != FUSE_MAGIC || st.st_ino != 1 ||
+        (*dev && st.st_dev != *dev)) {
+        rc = -ENOTCONN; /* not (or no longer) this mount */
+        goto out;
+    }
+    *dev = st.st_dev;
+    union {
+        struct file_handle fh;
+        char buf[sizeof(struct file_handle) + 12];
+    } h;
+    uint32_t raw[3] = { (uint32_t)(ino >> 32), (uint32_t)ino, 0 };
+    h.fh.handle_bytes = sizeof raw;
+    h.fh.handle_type = FILEID_INO64_GEN;
+    memcpy(h.fh.f_handle, raw, sizeof raw);
+    int fd = open_by_handle_at(mfd, &h.fh, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        rc = errno == ESTALE ? 0 : -errno; /* not in the kernel's cache: nothing to write back */
+        goto out;
+    }
+    if (sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) <
+        0)
+        rc = -errno;
+    close(fd);
+out:
+    close(mfd);
+    return rc;
+}
+
+static void helper_main(int sock, const char *mountpoint, pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(0); /* the daemon ended before the line above */
+    struct sigaction ign = { .sa_handler = SIG_IGN };
+    const int sigs[] = { SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGUSR1, SIGUSR2 };
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+        sigaction(sigs[i], &ign, NULL);
+    if (sock != 3) {
+        dup2(sock, 3);
+        sock = 3;
+    }
+    syscall(SYS_close_range, 4u, ~0u, 0u); /* the state lock and everything else are the daemon's */
+    /* nor its terminal or pipes: whoever waits for their end (a parent that
+     * captured the daemon's output) must not wait for the helper */
+    int null = open("/dev/null", O_RDWR);
+    for (int fd = 0; null >= 0 && fd < 3; fd++)
+        dup2(null, fd);
+    if (null > 3)
+        close(null);
+    dev_t dev = 0;
+    for (;;) {
+        uint64_t ino;
+        ssize_t n = recv(sock, &ino, sizeof ino, 0);
+        if (n != (ssize_t)sizeof ino)
+            _exit(0);
+        int32_t rc = helper_flush(mountpoint, ino, &dev);
+        if (send(sock, &rc, sizeof rc, MSG_NOSIGNAL) != (ssize_t)sizeof rc)
+            _exit(0);
+    }
+}
+
+int dbm_fusewb_start(struct dbm_fusewb *w)
+{
+    if (!dbm_fusewb_wanted(w))
+        return 0;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+        int e = errno;
+        char why[200];
+        snprintf(why, sizeof why, "off (cannot start its helper: %s)", strerror(e));
+        set_why(w, why);
+        w->mode = DBM_WB_OFF;
+        return -e;
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(sv[0]);
+        helper_main(sv[1], w->mountpoint, parent);
+    }
+    int e = errno;
+    close(sv[1]);
+    if (pid < 0) {
+        close(sv[0]);
+        char why[200];
+        snprintf(why, sizeof why, "off (cannot start its helper: %s)", strerror(e));
+        set_why(w, why);
+        w->mode = DBM_WB_OFF;
+        return -e;
+    }
+    w->helper = pid;
+    w->sock = sv[0];
+    return 0;
+}
+
+int dbm_fusewb_flush(struct dbm_fusewb *w, uint64_t ino)
+{
+    if (!w || w->sock < 0)
+        return -EIO;
+    pthread_mutex_lock(&w->req_mu);
+    int32_t rc = -EIO;
+    if (send(w->sock, &ino, sizeof ino, MSG_NOSIGNAL) != (ssize_t)sizeof ino ||
+        recv(w->sock, &rc, sizeof rc, 0) != (ssize_t)sizeof rc) {
+        rc = -EIO;
+        dbm_err("writeback: its helper (pid %ld) is gone: commits that need the kernel to write back fail",
+                (long)w->helper);
+    }
+    pthread_mutex_unlock(&w->req_mu);
+    return rc;
+}
+
+int dbm_fusewb_is_own(const struct dbm_fusewb *w, pid_t tid)
+{
+    if (tid <= 0)
+        return 0;
+    return syscall(SYS_tgkill, getpid(), tid, 0) == 0 ||
+           (w && w->helper > 0 && syscall(SYS_tgkill, w->helper, tid, 0) == 0);
+}
+
+void dbm_fusewb_report(const struct dbm_fusewb *w, struct dbm_sbuf *b)
+{
+    if (!w) {
+        dbm_sbuf_kv(b, "fuse_writeback", "off");
+        return;
+    }
+    struct dbm_fusewb *q = (struct dbm_fusewb *)w; /* the mutex, not the state */
+    pthread_mutex_lock(&q->mu);
+    dbm_sbuf_kv(b, "fuse_writeback", "%s", q->why);
+    pthread_mutex_unlock(&q->mu);
+}

@@ -1,0 +1,91 @@
+/* livewb.c - the writeback cache (livedb_i.h): when a commit point has the
+ * kernel write a file back, and what a refused write-back leaves behind.
+ *
+ * With FUSE's writeback cache the kernel keeps SQLite's writes to a database
+ * and its WAL in its page cache and sends them when the file is synced,
+ * closed or written back: one large write where SQLite made hundreds of page
+ * writes (bench/README.md). A commit point must read what SQLite wrote. With
+ * synchronous FULL or NORMAL SQLite syncs before it commits (the WAL in FULL
+ * at each commit), and the kernel writes the file back then: db_clean and
+ * wal_clean say so, and nothing more is needed. Otherwise the commit point
+ * has the kernel write the file back first, through the FUSE glue's flush
+ * (fusewb.h: a helper process does it, so that the daemon never waits on its
+ * own mount). */
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/statvfs.h>
+
+#include "livedb_i.h"
+#include "log.h"
+
+int dbm_wb_flush_slot(struct base *b, struct dbfile **slot, int force)
+{
+    struct dbm_livedb *l = b->l;
+    if (!l->writeback)
+        return 0;
+    if (!force && __atomic_load_n(slot == &b->wal ? &b->wal_clean : &b->db_clean, __ATOMIC_ACQUIRE))
+        return 0;
+    pthread_mutex_lock(&b->mu);
+    pthread_mutex_lock(&l->mu);
+    struct dbfile *f = *slot;
+    int open = f && f->nopen > f->nown; /* else its last close wrote it back */
+    uint64_t id = f ? f->id : 0;
+    char name[sizeof f->name];
+    if (open)
+        memcpy(name, f->name, sizeof name);
+    pthread_mutex_unlock(&l->mu);
+    pthread_mutex_unlock(&b->mu);
+    if (!open)
+        return 0;
+    const struct dbm_livedb_backing *bk = l->backing;
+    int rc = bk && bk->wb_flush ? bk->wb_flush(bk->ctx, l->tag, id) : -ENOSYS;
+    if (rc < 0)
+        dbm_err("%s/%s: the kernel could not write back what SQLite wrote: %s", l->env, name, strerror(-rc));
+    return rc;
+}
+
+int dbm_wb_room(struct dbm_livedb *l, const char *name)
+{
+    struct statvfs sv;
+    if (!l->writeback || fstatvfs(l->dirfd, &sv) < 0)
+        return 0;
+    unsigned long long fs = (unsigned long long)sv.f_blocks * sv.f_frsize;
+    unsigned long long free = (unsigned long long)sv.f_bavail * sv.f_frsize;
+    unsigned long long need = fs / 32 < DBM_WB_MIN_FREE ? fs / 32 : DBM_WB_MIN_FREE;
+    if (free >= need)
+        return 0;
+    dbm_err("%s/%s: a write transaction is refused: the state directory's file system has %llu bytes free (at least "
+            "%llu are kept for what SQLite has written and the kernel has not yet written back); free some space",
+            l->env, name, free, need);
+    return -ENOSPC;
+}
+
+void dbm_wb_refused(struct dbfile *f)
+{
+    if (!f->base->l->writeback)
+        return;
+    __atomic_store_n(&f->wb_stale, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&f->base->wb_stale, 1, __ATOMIC_RELEASE);
+}
+
+void dbm_wb_resync(struct base *b)
+{
+    struct dbm_livedb *l = b->l;
+    /* at every lock request: one atomic load unless something was refused */
+    if (!l->writeback || !__atomic_exchange_n(&b->wb_stale, 0, __ATOMIC_ACQ_REL))
+        return;
+    struct dbfile **slots[2] = { &b->db, &b->wal };
+    for (int i = 0; i < 2; i++) {
+        pthread_mutex_lock(&b->mu);
+        struct dbfile *f = *slots[i];
+        int stale = f && __atomic_exchange_n(&f->wb_stale, 0, __ATOMIC_ACQ_REL);
+        uint64_t id = f ? f->id : 0;
+        pthread_mutex_unlock(&b->mu);
+        if (!stale || !l->backing || !l->backing->wb_inval)
+            continue;
+        dbm_notice("%s/%s: dropping the kernel's copy of %s, which holds writes that were refused", l->env, b->name,
+                   i ? "the WAL" : "the database");
+        l->backing->wb_inval(l->backing->ctx, l->tag, id);
+    }
+}
