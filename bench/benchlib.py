@@ -24,6 +24,8 @@ TRANSPORTS = []                                             # fuse_transport of 
 WAKEUPS = []                                                # fuse_wakeup of each mount made
 PASSTHROUGH = os.environ.get("BENCH_PASSTHROUGH", "auto")  # -o passthrough=...
 PASSTHROUGHS = []                                           # fuse_passthrough of each mount made
+WRITEBACK = os.environ.get("BENCH_WRITEBACK", "auto")      # -o writeback=...
+WRITEBACKS = []                                             # fuse_writeback of each mount made
 CACHE = os.path.join(BENCH, ".cache")
 REVISION = None   # what the daemon under test was built from (set by use_daemon)
 
@@ -116,6 +118,7 @@ def machine_facts():
         ("fuse_transport", " ".join(sorted(set(TRANSPORTS))) or "none"),
         ("fuse_wakeup", " | ".join(sorted(set(WAKEUPS))) or "none"),
         ("fuse_passthrough", " | ".join(sorted(set(PASSTHROUGHS))) or "none"),
+        ("fuse_writeback", " | ".join(sorted(set(WRITEBACKS))) or "none"),
         ("daemon_session", "the bench's own (BENCH_SAME_SESSION=1)" if SAME_SESSION else "its own (setsid)"),
     ]
 
@@ -230,7 +233,8 @@ class Mount:
     def __init__(self, state, mnt, logpath):
         self.state, self.mnt, self.logpath = state, mnt, logpath
         self.logf = open(logpath, "a")
-        self.proc = subprocess.Popen([DAEMON, "-f", "-o", "io_uring=%s,wakeup=%s,passthrough=%s" % (IO_URING, WAKEUP, PASSTHROUGH), state, mnt], stdout=self.logf,
+        opts = "io_uring=%s,wakeup=%s,passthrough=%s,writeback=%s" % (IO_URING, WAKEUP, PASSTHROUGH, WRITEBACK)
+        self.proc = subprocess.Popen([DAEMON, "-f", "-o", opts, state, mnt], stdout=self.logf,
                                      stderr=subprocess.STDOUT, start_new_session=not SAME_SESSION)
         deadline = time.time() + 20
         while not os.path.exists(os.path.join(mnt, "status")):
@@ -252,6 +256,7 @@ class Mount:
         TRANSPORTS.append(self.root_status().get("fuse_transport", "unknown"))
         WAKEUPS.append(self.root_status().get("fuse_wakeup", "unknown").split(" (")[0])
         PASSTHROUGHS.append(self.root_status().get("fuse_passthrough", "unknown").split(" (")[0])
+        WRITEBACKS.append(self.root_status().get("fuse_writeback", "unknown").split(" (")[0])
 
     def root_status(self):
         return read_kv(os.path.join(self.mnt, "status"))

@@ -339,9 +339,6 @@ int dbm_livedb_list(struct dbm_livedb *l, size_t start,
     return 0;
 }
 
-/* Whether the new handle of f opens in passthrough. The kernel refuses an
- * inode opened both ways, or with two backing files: so the first open
- * decides, and the others follow while any is open. l->mu held. */
 /* locking_mode=EXCLUSIVE opens the WAL holding EXCLUSIVE on the database
  * and then takes no lock per transaction: only its writes can tell a commit
  * at once, so a WAL opened then is written through the daemon, write by
@@ -357,6 +354,9 @@ static int wal_opened_exclusive(struct dbfile *f)
     return excl;
 }
 
+/* Whether the new handle of f opens in passthrough. The kernel refuses an
+ * inode opened both ways, or with two backing files: so the first open
+ * decides, and the others follow while any is open. l->mu held. */
 static int handle_passthrough(struct dbm_livedb *l, struct dbfile *f)
 {
     const struct dbm_livedb_backing *bk = l->backing;

@@ -73,7 +73,8 @@ void dbm_wb_resync(struct base *b)
 {
     struct dbm_livedb *l = b->l;
     /* at every lock request: one atomic load unless something was refused */
-    if (!l->writeback || !__atomic_exchange_n(&b->wb_stale, 0, __ATOMIC_ACQ_REL))
+    if (!l->writeback || !__atomic_load_n(&b->wb_stale, __ATOMIC_ACQUIRE) ||
+        !__atomic_exchange_n(&b->wb_stale, 0, __ATOMIC_ACQ_REL))
         return;
     struct dbfile **slots[2] = { &b->db, &b->wal };
     for (int i = 0; i < 2; i++) {
