@@ -971,21 +971,16 @@ static int backing_wb_flush(void *ctx, uint64_t tag, uint64_t id)
     return dbm_fusewb_flush(d->wb, mkino(K_DBFILE, (int)tag, id));
 }
 
-static struct fuse_session *session; /* for notifications; set before the loop */
-
-static void backing_wb_inval(void *ctx, uint64_t tag, uint64_t id)
+static int backing_wb_reset(void *ctx, uint64_t tag, uint64_t id, int64_t size)
 {
-    (void)ctx;
-    int rc = fuse_lowlevel_notify_inval_inode(session, mkino(K_DBFILE, (int)tag, id), 0, 0);
-    if (rc < 0 && rc != -ENOENT)
-        dbm_warn("cannot drop the kernel's copy of a database file: %s", strerror(-rc));
+    struct dbm_daemon *d = ctx;
+    return dbm_fusewb_reset(d->wb, mkino(K_DBFILE, (int)tag, id), size);
 }
 
 struct fuse_session *dbm_fs_session_new(struct dbm_daemon *d, struct fuse_args *args, int rfd)
 {
     ready_fd = rfd;
     d->backing = (struct dbm_livedb_backing){ .open = backing_open, .close = backing_close,
-                                              .wb_flush = backing_wb_flush, .wb_inval = backing_wb_inval, .ctx = d };
-    session = fuse_session_new(args, &ops, sizeof ops, d);
-    return session;
+                                              .wb_flush = backing_wb_flush, .wb_reset = backing_wb_reset, .ctx = d };
+    return fuse_session_new(args, &ops, sizeof ops, d);
 }

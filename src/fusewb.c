@@ -1,9 +1,11 @@
 /* fusewb.c - see fusewb.h.
  *
  * The helper: a child forked before the daemon starts any thread, which
- * serves one request at a time on a socket pair: an inode number in, an
- * errno out. It opens the mount's root, opens the inode by file handle from
- * it, has the kernel write the file back (sync_file_range), and closes both:
+ * serves one request at a time on a socket pair (struct req in, an errno
+ * out). It opens the mount's root, opens the inode by file handle from it,
+ * has the kernel write the file back (sync_file_range), or cut its size
+ * (ftruncate, a request the daemon serves) and drop its clean pages
+ * (POSIX_FADV_DONTNEED), and closes both:
  * it keeps nothing open, so an idle mount is never busy. Its opens reach the
  * daemon as requests like any other (fsops: dbm_fusewb_is_own). It ignores
  * the signals a service manager sends the whole group and ends when the
@@ -48,6 +50,15 @@
 #define FILEID_INO64_GEN 0x81
 #define ON_WHY "on (the kernel caches writes to databases and WALs and sends them in large writes; journals use " \
                "direct I/O)"
+
+enum { OP_FLUSH = 1, OP_RESET = 2 };
+
+struct req {
+    uint64_t ino;
+    int64_t size; /* OP_RESET: the size to cut to, or -1 */
+    uint32_t op;
+    uint32_t pad;
+};
 
 struct dbm_fusewb {
     enum dbm_wb_mode mode;
@@ -126,9 +137,9 @@ void dbm_fusewb_init(struct dbm_fusewb *w, int offered)
 
 /* ---- the helper (raw system calls only) ---- */
 
-/* Writes back inode ino of the mount on mountpoint: 0 or -errno. dev: the
- * mount's device, recorded by the first call. */
-static int helper_flush(const char *mountpoint, uint64_t ino, dev_t *dev)
+/* Carries out r on the mount on mountpoint: 0 or -errno. dev: the mount's
+ * device, recorded by the first call. */
+static int helper_do(const char *mountpoint, const struct req *r, dev_t *dev)
 {
     int mfd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC); /* not O_PATH: open_by_handle_at refuses it */
     if (mfd < 0)
@@ -146,18 +157,24 @@ static int helper_flush(const char *mountpoint, uint64_t ino, dev_t *dev)
         struct file_handle fh;
         char buf[sizeof(struct file_handle) + 12];
     } h;
-    uint32_t raw[3] = { (uint32_t)(ino >> 32), (uint32_t)ino, 0 };
+    uint32_t raw[3] = { (uint32_t)(r->ino >> 32), (uint32_t)r->ino, 0 };
     h.fh.handle_bytes = sizeof raw;
     h.fh.handle_type = FILEID_INO64_GEN;
     memcpy(h.fh.f_handle, raw, sizeof raw);
-    int fd = open_by_handle_at(mfd, &h.fh, O_RDONLY | O_CLOEXEC);
+    int resize = r->op == OP_RESET && r->size >= 0;
+    int fd = open_by_handle_at(mfd, &h.fh, (resize ? O_WRONLY : O_RDONLY) | O_CLOEXEC);
     if (fd < 0) {
-        rc = errno == ESTALE ? 0 : -errno; /* not in the kernel's cache: nothing to write back */
+        rc = errno == ESTALE ? 0 : -errno; /* not in the kernel's cache: nothing held */
         goto out;
     }
-    if (sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) <
-        0)
+    if (r->op == OP_FLUSH &&
+        sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) <
+            0)
         rc = -errno;
+    if (resize && ftruncate(fd, r->size) < 0)
+        rc = -errno;
+    if (r->op == OP_RESET && rc == 0)
+        rc = -posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
     close(fd);
 out:
     close(mfd);
@@ -187,11 +204,11 @@ static void helper_main(int sock, const char *mountpoint, pid_t parent)
         close(null);
     dev_t dev = 0;
     for (;;) {
-        uint64_t ino;
-        ssize_t n = recv(sock, &ino, sizeof ino, 0);
-        if (n != (ssize_t)sizeof ino)
+        struct req r;
+        ssize_t n = recv(sock, &r, sizeof r, 0);
+        if (n != (ssize_t)sizeof r)
             _exit(0);
-        int32_t rc = helper_flush(mountpoint, ino, &dev);
+        int32_t rc = helper_do(mountpoint, &r, &dev);
         if (send(sock, &rc, sizeof rc, MSG_NOSIGNAL) != (ssize_t)sizeof rc)
             _exit(0);
     }
@@ -231,13 +248,14 @@ int dbm_fusewb_start(struct dbm_fusewb *w)
     return 0;
 }
 
-int dbm_fusewb_flush(struct dbm_fusewb *w, uint64_t ino)
+/* One request to the helper, waited for. */
+static int ask(struct dbm_fusewb *w, const struct req *r)
 {
     if (!w || w->sock < 0)
         return -EIO;
     pthread_mutex_lock(&w->req_mu);
     int32_t rc = -EIO;
-    if (send(w->sock, &ino, sizeof ino, MSG_NOSIGNAL) != (ssize_t)sizeof ino ||
+    if (send(w->sock, r, sizeof *r, MSG_NOSIGNAL) != (ssize_t)sizeof *r ||
         recv(w->sock, &rc, sizeof rc, 0) != (ssize_t)sizeof rc) {
         rc = -EIO;
         dbm_err("writeback: its helper (pid %ld) is gone: commits that need the kernel to write back fail",
@@ -245,6 +263,18 @@ int dbm_fusewb_flush(struct dbm_fusewb *w, uint64_t ino)
     }
     pthread_mutex_unlock(&w->req_mu);
     return rc;
+}
+
+int dbm_fusewb_flush(struct dbm_fusewb *w, uint64_t ino)
+{
+    struct req r = { .ino = ino, .size = -1, .op = OP_FLUSH };
+    return ask(w, &r);
+}
+
+int dbm_fusewb_reset(struct dbm_fusewb *w, uint64_t ino, int64_t size)
+{
+    struct req r = { .ino = ino, .size = size, .op = OP_RESET };
+    return ask(w, &r);
 }
 
 int dbm_fusewb_is_own(const struct dbm_fusewb *w, pid_t tid)

@@ -52,6 +52,11 @@ int dbm_fusewb_start(struct dbm_fusewb *w);
 /* Has the kernel write back what it caches of inode ino of the mount: 0, or
  * -errno (a write-back the daemon refused: -EIO or -ENOSPC; no helper). */
 int dbm_fusewb_flush(struct dbm_fusewb *w, uint64_t ino);
+/* Has the kernel drop the pages of inode ino it holds clean (writes the
+ * daemon refused are kept as if written), after cutting its idea of the
+ * file's size to size if size >= 0 (a refused write that grew the file):
+ * 0 or -errno. */
+int dbm_fusewb_reset(struct dbm_fusewb *w, uint64_t ino, int64_t size);
 /* Whether thread tid is the daemon's or its helper's: their opens are no
  * application's. Accepts NULL. */
 int dbm_fusewb_is_own(const struct dbm_fusewb *w, pid_t tid);

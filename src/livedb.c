@@ -944,7 +944,10 @@ static int wb_unjournaled_end(struct dbfile *f, const struct flock *fl, uint64_t
         !__atomic_load_n(&b->unjournaled, __ATOMIC_RELAXED))
         return 0;
     (void)dbm_wb_flush_slot(b, &b->db, 1); /* the writes come back and are refused (logged) */
-    return __atomic_exchange_n(&b->unjournaled, 0, __ATOMIC_RELAXED);
+    if (!__atomic_exchange_n(&b->unjournaled, 0, __ATOMIC_RELAXED))
+        return 0;
+    dbm_wb_reset_db(b); /* nothing rolls them back: the kernel takes the file as recorded */
+    return 1;
 }
 
 int dbm_livedb_setlk(struct dbm_dbhandle *h, uint64_t owner, const struct flock *fl, int sleep,

@@ -30,9 +30,10 @@ struct dbm_livedb_backing {
     /* Has the kernel write back what it caches of file id of the livedb
      * tagged tag (the writeback cache, fusewb.h): 0 or -errno. */
     int (*wb_flush)(void *ctx, uint64_t tag, uint64_t id);
-    /* Drops the kernel's copy of file id (it holds writes the daemon
-     * refused); called from a request that is no write to that file. */
-    void (*wb_inval)(void *ctx, uint64_t tag, uint64_t id);
+    /* Has the kernel drop the pages of file id it holds clean (writes the
+     * daemon refused among them), after cutting its idea of the file's size
+     * to size if size >= 0: 0 or -errno. */
+    int (*wb_reset)(void *ctx, uint64_t tag, uint64_t id, int64_t size);
     void *ctx;
 };
 
@@ -43,7 +44,7 @@ struct dbm_livedb_params {
     struct dbm_catalog *cat;  /* borrowed; outlives the livedb */
     /* borrowed, may be NULL; outlives the livedb; open == NULL: no passthrough */
     const struct dbm_livedb_backing *backing;
-    uint64_t tag;             /* given back to backing->wb_flush and wb_inval */
+    uint64_t tag;             /* given back to backing->wb_flush and wb_reset */
     /* The kernel caches writes (FUSE's writeback cache): they reach the
      * daemon when a file is synced, closed or written back, so every commit
      * point first makes the kernel write back what it holds (livewb.c). */

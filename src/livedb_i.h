@@ -166,7 +166,7 @@ struct dbm_livedb {
     uint32_t max_dbs;         /* 0: no limit */
     uint64_t max_db_bytes;    /* 0: no limit */
     int writeback;            /* the kernel caches writes (livewb.c); set at open */
-    uint64_t tag;             /* for backing->wb_flush and wb_inval */
+    uint64_t tag;             /* for backing->wb_flush and wb_reset */
 };
 
 struct dbm_dbhandle {
@@ -195,6 +195,9 @@ void dbm_wb_refused(struct dbfile *f);
 /* Drops the kernel's copy of b's database and WAL if they hold refused
  * writes. No lock held. */
 void dbm_wb_resync(struct base *b);
+/* Has the kernel drop its copy of b's database and take the backing file's
+ * size (refused writes grew it, and no journal rolls them back). No lock. */
+void dbm_wb_reset_db(struct base *b);
 /* Whether a new write transaction may start: with the writeback cache a full
  * disk is seen when the kernel writes back, too late for SQLite to hear of it
  * with synchronous=OFF, so a transaction does not start while the state

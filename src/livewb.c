@@ -18,6 +18,7 @@
 
 #include "livedb_i.h"
 #include "log.h"
+#include "sysio.h"
 
 int dbm_wb_flush_slot(struct base *b, struct dbfile **slot, int force)
 {
@@ -69,6 +70,25 @@ void dbm_wb_refused(struct dbfile *f)
     __atomic_store_n(&f->base->wb_stale, 1, __ATOMIC_RELEASE);
 }
 
+/* Has the kernel drop what it holds clean of b's file in slot, after cutting
+ * its size to the backing file's (cut). No lock held. */
+static void reset_slot(struct base *b, struct dbfile **slot, int cut, const char *what)
+{
+    struct dbm_livedb *l = b->l;
+    pthread_mutex_lock(&b->mu);
+    struct dbfile *f = *slot;
+    uint64_t id = f ? f->id : 0, size = 0;
+    int ok = f && f->fd >= 0 && (!cut || dbm_fd_size(f->fd, &size) == 0);
+    pthread_mutex_unlock(&b->mu);
+    const struct dbm_livedb_backing *bk = l->backing;
+    if (!ok || !bk || !bk->wb_reset)
+        return;
+    dbm_notice("%s/%s: dropping the kernel's copy of %s, which holds writes that were refused", l->env, b->name, what);
+    int rc = bk->wb_reset(bk->ctx, l->tag, id, cut ? (int64_t)size : -1);
+    if (rc < 0)
+        dbm_err("%s/%s: cannot drop the kernel's copy of %s: %s", l->env, b->name, what, strerror(-rc));
+}
+
 void dbm_wb_resync(struct base *b)
 {
     struct dbm_livedb *l = b->l;
@@ -79,14 +99,15 @@ void dbm_wb_resync(struct base *b)
     struct dbfile **slots[2] = { &b->db, &b->wal };
     for (int i = 0; i < 2; i++) {
         pthread_mutex_lock(&b->mu);
-        struct dbfile *f = *slots[i];
-        int stale = f && __atomic_exchange_n(&f->wb_stale, 0, __ATOMIC_ACQ_REL);
-        uint64_t id = f ? f->id : 0;
+        int stale = *slots[i] && __atomic_exchange_n(&(*slots[i])->wb_stale, 0, __ATOMIC_ACQ_REL);
         pthread_mutex_unlock(&b->mu);
-        if (!stale || !l->backing || !l->backing->wb_inval)
-            continue;
-        dbm_notice("%s/%s: dropping the kernel's copy of %s, which holds writes that were refused", l->env, b->name,
-                   i ? "the WAL" : "the database");
-        l->backing->wb_inval(l->backing->ctx, l->tag, id);
+        if (stale)
+            reset_slot(b, slots[i], 0, i ? "the WAL" : "the database");
     }
+}
+
+void dbm_wb_reset_db(struct base *b)
+{
+    if (b->l->writeback)
+        reset_slot(b, &b->db, 1, "the database");
 }

@@ -139,7 +139,7 @@ class Mount:
     def crash(self):
         """kill -9 the daemon and clean the dead mount up."""
         self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        self.proc.wait(timeout=30)  # a daemon stuck waiting on its own mount never ends
         self.logf.close()
         self.proc = None
         subprocess.run(["fusermount3", "-uz", self.mnt], capture_output=True)

@@ -140,6 +140,26 @@ def test_unrecordable_journal_modes_are_refused(mount, mode):
     assert sql(db, "PRAGMA integrity_check; SELECT count(*) FROM t;").stdout.split() == ["ok", "1"]
 
 
+@pytest.mark.parametrize("mode", ["memory", "off"])
+@pytest.mark.parametrize("sync", ["FULL", "OFF"])
+def test_a_new_database_without_a_journal_is_refused(mount, mode, sync):
+    """A new database's first transaction takes its EXCLUSIVE lock before
+    SQLite opens the journal; with journal_mode MEMORY or OFF none comes, and
+    nothing SQLite wrote may stay as if committed (with the writeback cache
+    the kernel sends it only later)."""
+    mount.expect_error(r"journal_mode MEMORY or OFF|could not write back")
+    db = mount.p("prod", "db", f"new_{mode}_{sync}.db")
+    p = sql(db, f"PRAGMA journal_mode={mode}; PRAGMA synchronous={sync}; CREATE TABLE t(a); INSERT INTO t VALUES (1);",
+            check=False)
+    assert p.returncode != 0 and "disk I/O error" in p.stderr, p.stderr
+    assert "journal_mode MEMORY or OFF" in mount.read_log()
+    # nothing of it counts: not in the file, not in the history, and the
+    # name serves a database in a supported mode
+    assert int(db_info(mount, "prod", f"new_{mode}_{sync}.db").get("commits", "0")) == 0
+    sql(db, "PRAGMA journal_mode=DELETE; CREATE TABLE IF NOT EXISTS t(a); INSERT INTO t VALUES (2);")
+    assert sql(db, "PRAGMA integrity_check; SELECT group_concat(a) FROM t;").stdout.split() == ["ok", "2"]
+
+
 def test_names_sqlite_does_not_make_are_refused(mount):
     d = mount.p("prod", "db")
     p = run("sh", "-c", f"echo x > {d}/notes.txt", check=False)
@@ -201,10 +221,10 @@ def test_locks_are_held_by_the_daemon(mount):
 
 WRITER = """
 import os, sqlite3, sys
-db, log, mode = sys.argv[1:4]
+db, log, mode, sync = sys.argv[1:5]
 c = sqlite3.connect(db, timeout=10, isolation_level=None)
 c.execute(f"PRAGMA journal_mode={mode}")
-c.execute("PRAGMA synchronous=FULL")
+c.execute(f"PRAGMA synchronous={sync}")
 c.execute("CREATE TABLE IF NOT EXISTS t(i INTEGER PRIMARY KEY, pad)")
 with open(log, "a") as f:
     i = 0
@@ -220,10 +240,10 @@ with open(log, "a") as f:
 """
 
 
-def crash_round(m, tmpbase, mode, name):
+def crash_round(m, tmpbase, mode, name, sync="FULL"):
     db = m.p("prod", "db", name)
     log = os.path.join(tmpbase, name + ".committed")
-    w = subprocess.Popen([PY, "-c", WRITER, db, log, mode], stderr=subprocess.DEVNULL)
+    w = subprocess.Popen([PY, "-c", WRITER, db, log, mode, sync], stderr=subprocess.DEVNULL)
     wait_for(lambda: os.path.exists(log) and os.path.getsize(log) > 200, timeout=30, what="writer progress")
     time.sleep(0.2)
     m.crash()
@@ -246,6 +266,38 @@ def test_kill_9_loses_no_commit(new_mount, tmpbase, mode):
     assert int(info["commits"]) >= len(committed)
     m.stop()
     same_as_history(m, "prod", "c.db", tmpbase)
+
+
+def helpers(m):
+    """Pids of the daemon's child processes (the writeback cache's helper)."""
+    out = []
+    for p in os.listdir("/proc"):
+        try:
+            if p.isdigit() and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(m.proc.pid):
+                out.append(int(p))
+        except (OSError, IndexError):
+            pass
+    return out
+
+
+@pytest.mark.parametrize("mode, sync", [("wal", "NORMAL"), ("wal", "OFF"), ("delete", "OFF"), ("truncate", "OFF"),
+                                        ("persist", "OFF")])
+def test_kill_9_while_the_kernel_writes_back_loses_no_commit(new_mount, tmpbase, mode, sync):
+    """With the writeback cache and commits SQLite does not sync, every commit
+    point has the helper process make the kernel write back: kill -9 of the
+    daemon meanwhile must lose no commit the writer saw, leave no process
+    stuck, and end the helper too."""
+    m = new_mount()
+    if not m.writeback():
+        pytest.skip("the writeback cache is off in this run")
+    m.expect_error(r".")
+    for _ in range(3):
+        helper = helpers(m)
+        assert len(helper) == 1, f"expected the writeback helper beside the daemon, found {helper}"
+        crash_round(m, tmpbase, mode, "wb.db", sync)
+        wait_for(lambda: not os.path.exists(f"/proc/{helper[0]}"), timeout=10, what="the helper to end with the daemon")
+    m.stop()
+    same_as_history(m, "prod", "wb.db", tmpbase)
 
 
 @pytest.mark.slow

@@ -26,7 +26,8 @@ def uring_switch():
 
 @pytest.mark.parametrize("opt, expected", [("io_uring=yes", "expected io_uring=auto or io_uring=off"),
                                            ("wakeup=near", "expected wakeup=local or wakeup=any"),
-                                           ("passthrough=on", "expected passthrough=auto or passthrough=off")])
+                                           ("passthrough=on", "expected passthrough=auto or passthrough=off"),
+                                           ("writeback=on", "expected writeback=auto or writeback=off")])
 def test_transport_options_are_checked(tmpbase, opt, expected):
     state, mnt = os.path.join(tmpbase, "s"), os.path.join(tmpbase, "m")
     os.makedirs(mnt)
@@ -39,6 +40,56 @@ def test_transport_options_are_checked(tmpbase, opt, expected):
 
 def wakeup(m):
     return kv(open(m.p("status")).read())["fuse_wakeup"]
+
+
+def status(m, key):
+    return kv(open(m.p("status")).read())[key]
+
+
+def children(pid):
+    """Pids of pid's child processes."""
+    out = []
+    for p in os.listdir("/proc"):
+        try:
+            if p.isdigit() and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(pid):
+                out.append(int(p))
+        except (OSError, IndexError):
+            pass
+    return out
+
+
+def test_writeback_is_the_default_for_root_and_says_why_not(new_mount):
+    if os.geteuid() != 0:
+        pytest.skip("opening files by handle needs CAP_DAC_READ_SEARCH")
+    m = new_mount(None, True, "-o", "writeback=auto")
+    assert status(m, "fuse_writeback").startswith("on (the kernel caches writes")
+    assert status(m, "fuse_passthrough").startswith("off (the writeback cache is on")
+    helper = children(m.proc.pid)
+    assert len(helper) == 1, "the writeback cache's helper process runs beside the daemon"
+    db = m.p("prod", "db", "w.db")
+    sql(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+    assert sql(db, "SELECT count(*) FROM t; PRAGMA integrity_check;").stdout.split() == ["1", "ok"]
+    m.stop()
+    wait_for(lambda: not os.path.exists(f"/proc/{helper[0]}"), what="the helper to end with the daemon")
+    m = new_mount(None, True, "-o", "writeback=off")
+    assert status(m, "fuse_writeback") == "off (-o writeback=off)"
+    assert children(m.proc.pid) == []
+    m.stop()
+    m = new_mount(None, True, "-s", "-o", "writeback=auto")
+    assert status(m, "fuse_writeback") == "off (-s: a commit point waits for writes that another thread must serve)"
+    assert children(m.proc.pid) == []
+
+
+def test_writeback_without_cap_dac_read_search_falls_back_and_says_why(new_mount):
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv (util-linux) to start a daemon without CAP_DAC_READ_SEARCH")
+    m = new_mount(None, False)
+    m.wrapper = ["setpriv", "--bounding-set=-dac_read_search", "--inh-caps=-dac_read_search"]
+    m.start("-o", "writeback=auto,passthrough=auto")
+    assert status(m, "fuse_writeback") == \
+        "off (reaching the kernel's copy of a file by handle needs CAP_DAC_READ_SEARCH)"
+    assert status(m, "fuse_passthrough").startswith("on (")  # what serves instead
+    serves(m)
 
 
 def idle_threads(m):
