@@ -66,17 +66,6 @@ struct dbm_fusepass {
 
 static __thread int reply_next; /* backing id for this thread's next OPEN/CREATE reply */
 
-int dbm_fusepass_parse_mode(const char *s, enum dbm_pass_mode *out)
-{
-    if (strcmp(s, "auto") == 0)
-        *out = DBM_PASS_AUTO;
-    else if (strcmp(s, "off") == 0)
-        *out = DBM_PASS_OFF;
-    else
-        return -EINVAL;
-    return 0;
-}
-
 static void set_why(struct dbm_fusepass *p, const char *why)
 {
     pthread_mutex_lock(&p->mu);

@@ -30,9 +30,6 @@ struct dbm_fusepass;
 /* DBM_PASS_WRITEBACK: off, because the writeback cache is on (fusewb.h) */
 enum dbm_pass_mode { DBM_PASS_OFF, DBM_PASS_AUTO, DBM_PASS_WRITEBACK };
 
-/* Parses "auto" or "off" (-o passthrough=...). -EINVAL for anything else. */
-int dbm_fusepass_parse_mode(const char *s, enum dbm_pass_mode *out);
-
 /* Before the session loop (the fd is the session's /dev/fuse). NULL only when
  * out of memory. */
 struct dbm_fusepass *dbm_fusepass_create(int fuse_fd, enum dbm_pass_mode mode);

@@ -159,28 +159,6 @@ static __thread struct worker *serving; /* the worker whose request this thread 
  * dbm_uring_start before the session loop, read by every I/O call after. */
 static struct dbm_fusepass *io_pass;
 
-int dbm_uring_parse_wakeup(const char *s, enum dbm_wakeup_mode *out)
-{
-    if (strcmp(s, "local") == 0)
-        *out = DBM_WAKEUP_LOCAL;
-    else if (strcmp(s, "any") == 0)
-        *out = DBM_WAKEUP_ANY;
-    else
-        return -EINVAL;
-    return 0;
-}
-
-int dbm_uring_parse_mode(const char *s, enum dbm_uring_mode *out)
-{
-    if (strcmp(s, "auto") == 0)
-        *out = DBM_URING_AUTO;
-    else if (strcmp(s, "off") == 0)
-        *out = DBM_URING_OFF;
-    else
-        return -EINVAL;
-    return 0;
-}
-
 /* ---- a minimal io_uring: one SQE in flight per ring ---- */
 
 static int ring_setup(unsigned entries, struct io_uring_params *p)

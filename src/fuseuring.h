@@ -20,9 +20,6 @@ struct dbm_uring;
 
 enum dbm_uring_mode { DBM_URING_OFF, DBM_URING_AUTO };
 
-/* Parses "auto" or "off" (-o io_uring=...). -EINVAL for anything else. */
-int dbm_uring_parse_mode(const char *s, enum dbm_uring_mode *out);
-
 /* Where a reply wakes the application (-o wakeup=...):
  * LOCAL  on the CPU that served its request, where it made it. Queue
  *        threads run at SCHED_IDLE, which the scheduler counts as an idle
@@ -35,9 +32,6 @@ int dbm_uring_parse_mode(const char *s, enum dbm_uring_mode *out);
  *        ANY.
  * ANY    wherever the scheduler likes. */
 enum dbm_wakeup_mode { DBM_WAKEUP_ANY, DBM_WAKEUP_LOCAL };
-
-/* Parses "local" or "any" (-o wakeup=...). -EINVAL for anything else. */
-int dbm_uring_parse_wakeup(const char *s, enum dbm_wakeup_mode *out);
 
 /* Creates the transport object of a session; nothing runs yet. The session
  * must outlive it. NULL only when out of memory. */

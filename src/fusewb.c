@@ -70,17 +70,6 @@ struct dbm_fusewb {
     char why[200];                /* what fuse_writeback says */
 };
 
-int dbm_fusewb_parse_mode(const char *s, enum dbm_wb_mode *out)
-{
-    if (strcmp(s, "auto") == 0)
-        *out = DBM_WB_AUTO;
-    else if (strcmp(s, "off") == 0)
-        *out = DBM_WB_OFF;
-    else
-        return -EINVAL;
-    return 0;
-}
-
 static void set_why(struct dbm_fusewb *w, const char *why)
 {
     pthread_mutex_lock(&w->mu);

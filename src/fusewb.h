@@ -30,9 +30,6 @@ struct dbm_fusewb;
 
 enum dbm_wb_mode { DBM_WB_OFF, DBM_WB_AUTO };
 
-/* Parses "auto" or "off" (-o writeback=...). -EINVAL for anything else. */
-int dbm_fusewb_parse_mode(const char *s, enum dbm_wb_mode *out);
-
 /* Decides whether the cache is used (auto: unless single-threaded or
  * without CAP_DAC_READ_SEARCH) for a mount on mountpoint (absolute;
  * copied). NULL only when out of memory. */

@@ -237,28 +237,30 @@ int main(int argc, char *argv[])
      * a /dev/fuse round trip or far less (when the daemon shares the
      * caller's scheduling group; bench/README.md); it falls back to
      * /dev/fuse by itself */
-    enum dbm_uring_mode umode = opts.singlethread ? DBM_URING_OFF : DBM_URING_AUTO; /* -s: one thread, as asked */
-    enum dbm_wakeup_mode wmode = DBM_WAKEUP_LOCAL;
-    enum dbm_pass_mode pmode = DBM_PASS_AUTO;
-    enum dbm_wb_mode wbmode = DBM_WB_AUTO;
-    /* the two-value -o options: the first bad one is refused, saying what is accepted */
+    /* the two-value -o options, each the first value or the second (or not
+     * given: -1); the first bad one is refused, saying what is accepted */
     const struct {
         const char *name, *value, *first, *second;
-        int bad;
     } choice[] = {
-        { "io_uring", cli.io_uring, "auto", "off", cli.io_uring && dbm_uring_parse_mode(cli.io_uring, &umode) < 0 },
-        { "wakeup", cli.wakeup, "local", "any", cli.wakeup && dbm_uring_parse_wakeup(cli.wakeup, &wmode) < 0 },
-        { "passthrough", cli.passthrough, "auto", "off",
-          cli.passthrough && dbm_fusepass_parse_mode(cli.passthrough, &pmode) < 0 },
-        { "writeback", cli.writeback, "auto", "off",
-          cli.writeback && dbm_fusewb_parse_mode(cli.writeback, &wbmode) < 0 },
+        { "io_uring", cli.io_uring, "auto", "off" },
+        { "wakeup", cli.wakeup, "local", "any" },
+        { "passthrough", cli.passthrough, "auto", "off" },
+        { "writeback", cli.writeback, "auto", "off" },
     };
-    int refused = 0;
+    int pick[sizeof choice / sizeof *choice], refused = 0;
     for (size_t i = 0; i < sizeof choice / sizeof *choice && !refused; i++) {
-        if ((refused = choice[i].bad))
-            fprintf(stderr, "dbmovefs: -o %s=%s: expected %s=%s or %s=%s\n", choice[i].name, choice[i].value,
-                    choice[i].name, choice[i].first, choice[i].name, choice[i].second);
+        const char *v = choice[i].value;
+        pick[i] = !v ? -1 : !strcmp(v, choice[i].first) ? 0 : !strcmp(v, choice[i].second) ? 1 : -2;
+        if ((refused = pick[i] == -2))
+            fprintf(stderr, "dbmovefs: -o %s=%s: expected %s=%s or %s=%s\n", choice[i].name, v, choice[i].name,
+                    choice[i].first, choice[i].name, choice[i].second);
     }
+    enum dbm_uring_mode umode = pick[0] == 0 ? DBM_URING_AUTO
+                                : pick[0] == 1 || opts.singlethread ? DBM_URING_OFF /* -s: one thread, as asked */
+                                                                    : DBM_URING_AUTO;
+    enum dbm_wakeup_mode wmode = pick[1] == 1 ? DBM_WAKEUP_ANY : DBM_WAKEUP_LOCAL;
+    enum dbm_pass_mode pmode = pick[2] == 1 ? DBM_PASS_OFF : DBM_PASS_AUTO;
+    enum dbm_wb_mode wbmode = pick[3] == 1 ? DBM_WB_OFF : DBM_WB_AUTO;
     free(cli.io_uring);
     free(cli.wakeup);
     free(cli.passthrough);
