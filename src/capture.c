@@ -1057,6 +1057,11 @@ static int recover_capture(struct base *b)
         if (ts.last_txid && dbm_tl_read_page(b->tl, ts.last_txid, 1, p1) == 0)
             b->last_counter = be32(p1 + 24);
         free(p1);
+        /* a crash with the writeback cache: commits whose frames reached the
+         * WAL's file are recorded before it goes (SQLite ignores a failed
+         * unlock, so one may have been reported done) */
+        if (b->wal && dbm_dur_wb_crash_same_boot(b) && (rc = wal_recover(b)) < 0)
+            return rc;
         int repaired = 0, sup = journal_super(b);
         if (sup == SUPER_COMMITTED &&
             (rc = drop_journal(b, "finished a multi-database transaction SQLite committed before a crash (removed "

@@ -136,6 +136,27 @@ static int mark_load(struct base *b, struct mark *m)
     return 1;
 }
 
+/* The boot a marker names: this boot's id, or with the writeback cache a
+ * string that never equals one (a 36-character id cut to 35, then ":wb"),
+ * whose same-boot crash is no page cache the restart may trust (see
+ * mark_save). */
+static void mark_boot(const struct dbm_livedb *l, char *out, size_t n)
+{
+    if (l->writeback)
+        snprintf(out, n, "%.35s:wb", boot_id());
+    else
+        snprintf(out, n, "%s", boot_id());
+}
+
+int dbm_dur_wb_crash_same_boot(struct base *b)
+{
+    struct mark m;
+    struct dbm_livedb wb = { .writeback = 1 };
+    char want[sizeof m.boot];
+    mark_boot(&wb, want, sizeof want);
+    return mark_load(b, &m) == 1 && !strcmp(m.boot, want);
+}
+
 /* Writes the marker. Written only after the database file was made durable
  * up to txid, so whichever version of it survives a crash is true; durable:
  * also fsync it (a new timeline's first marker must not be missed). */
@@ -152,10 +173,7 @@ static int mark_save(struct base *b, uint64_t tl_id, uint64_t txid, int durable)
     /* with the writeback cache a daemon crash loses what the kernel held for
      * the files (a checkpoint's pages among it): no later start may trust
      * the file as the same boot left it (dbm_dur_recover) */
-    if (b->l->writeback)
-        snprintf(m.boot, sizeof m.boot, "%.35s:wb", boot_id()); /* a boot id is 36 characters: never equal */
-    else
-        snprintf(m.boot, sizeof m.boot, "%s", boot_id());
+    mark_boot(b->l, m.boot, sizeof m.boot);
     m.crc = dbm_crc32c(0, &m, offsetof(struct mark, crc));
     if (dbm_pwrite_all(b->mark_fd, &m, sizeof m, 0) < 0)
         return -errno;

@@ -54,10 +54,26 @@ static int caller_may(fuse_req_t req, const struct dbm_env_conf *c, int want)
     return dbm_env_allows(c, ctx->uid, ctx->gid, groups, (size_t)n, want);
 }
 
+/* With the writeback cache the kernel takes a regular file's size from the
+ * daemon only when it creates the inode (fusewb.h), and a text file's length
+ * changes from one read to the next: each lookup of one then gives another
+ * inode (a generation in these bits of its id), never cached, so that stat
+ * shows the length of the content generated at that moment. */
+#define TEXT_GEN_SHIFT 16
+#define TEXT_GEN_MASK (ID_MASK & ~((1ull << TEXT_GEN_SHIFT) - 1))
+
+/* A text file's inode without its generation. */
+static fuse_ino_t text_base(fuse_ino_t ino)
+{
+    enum kind k = ino_kind(ino);
+    return k == K_TOP || k == K_ENV_INFO || k == K_ENV_STATUS ? ino & ~(fuse_ino_t)TEXT_GEN_MASK : ino;
+}
+
 /* Generates a text file's content (cfg_lock held for reading). -ENOENT if
  * the node is gone (environment removed by a reload). */
 static int gen_text(struct dbm_daemon *d, fuse_ino_t ino, struct dbm_sbuf *b)
 {
+    ino = text_base(ino);
     if (ino == INO_README) {
         dbm_text_readme(d, b);
         return 0;
@@ -80,7 +96,18 @@ static int gen_text(struct dbm_daemon *d, fuse_ino_t ino, struct dbm_sbuf *b)
 
 static int is_text(fuse_ino_t ino)
 {
+    ino = text_base(ino);
     return ino == INO_README || ino == INO_STATUS || ino_kind(ino) == K_ENV_INFO || ino_kind(ino) == K_ENV_STATUS;
+}
+
+/* The inode a lookup of text file ino gives (see TEXT_GEN_SHIFT). */
+static fuse_ino_t text_lookup_ino(struct dbm_daemon *d, fuse_ino_t ino)
+{
+    static _Atomic uint64_t gen;
+    if (!dbm_fusewb_wanted(d->wb))
+        return ino;
+    uint64_t g = __atomic_add_fetch(&gen, 1, __ATOMIC_RELAXED) & (TEXT_GEN_MASK >> TEXT_GEN_SHIFT);
+    return ino | (fuse_ino_t)(g ? g : 1) << TEXT_GEN_SHIFT;
 }
 
 /* Fills st for any node but db files. cfg_lock held for reading. */
@@ -92,15 +119,16 @@ static int node_attr(struct dbm_daemon *d, fuse_ino_t ino, struct stat *st, size
     st->st_blksize = 4096;
     uint64_t now = dbm_now_ns();
     if (ino_kind(ino) == K_TOP) {
+        fuse_ino_t base = text_base(ino);
         st->st_uid = d->mount_uid;
         st->st_gid = d->mount_gid;
         ns_to_ts(d->start_ns, &st->st_mtim);
         if (ino == INO_ROOT) {
             st->st_mode = S_IFDIR | 0755;
             st->st_nlink = 2 + (nlink_t)d->cfg->nenvs;
-        } else if (ino == INO_README) {
+        } else if (base == INO_README) {
             st->st_mode = S_IFREG | 0444;
-        } else if (ino == INO_STATUS) {
+        } else if (base == INO_STATUS) {
             st->st_mode = S_IFREG | 0444;
             ns_to_ts(now, &st->st_mtim);
         } else {
@@ -181,8 +209,9 @@ void dbm_fs_reply_entry(fuse_req_t req, fuse_ino_t ino, const struct stat *st, d
     e.ino = ino;
     e.attr = *st;
     e.attr_timeout = ttl;
-    /* text files keep their names; snapshot names (latest) re-resolve */
-    e.entry_timeout = ttl > 0 || dbm_snapfs_is(ino) ? ttl : TTL_DIR;
+    /* text files keep their names, unless each lookup gives another inode
+     * (TEXT_GEN_SHIFT); snapshot names (latest) re-resolve */
+    e.entry_timeout = ttl > 0 || dbm_snapfs_is(ino) || text_base(ino) != ino ? ttl : TTL_DIR;
     fuse_reply_entry(req, &e);
 }
 
@@ -272,9 +301,9 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
     if (parent == INO_ROOT) {
         struct dbm_env *e;
         if (strcmp(name, "README") == 0)
-            ino = INO_README;
+            ino = text_lookup_ino(d, INO_README);
         else if (strcmp(name, "status") == 0)
-            ino = INO_STATUS;
+            ino = text_lookup_ino(d, INO_STATUS);
         else if ((e = dbm_daemon_env(d, name)))
             ino = mkino(K_ENV, e->index, 0);
         rc = ino ? attr_of(d, ino, &st, &ttl) : -ENOENT;
@@ -286,9 +315,9 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
             rc = -EACCES;
         } else if (ino_kind(parent) == K_ENV) {
             if (strcmp(name, "info") == 0)
-                ino = mkino(K_ENV_INFO, e->index, 0);
+                ino = text_lookup_ino(d, mkino(K_ENV_INFO, e->index, 0));
             else if (strcmp(name, "status") == 0)
-                ino = mkino(K_ENV_STATUS, e->index, 0);
+                ino = text_lookup_ino(d, mkino(K_ENV_STATUS, e->index, 0));
             else if (strcmp(name, "db") == 0)
                 ino = mkino(K_DBDIR, e->index, 0);
             else if (strcmp(name, "snapshots") == 0)

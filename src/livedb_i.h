@@ -270,6 +270,11 @@ void dbm_dur_wal_restarted(struct base *b);
  * go), DBM_DUR_WAL_STALE (so must the WAL: a power loss may have torn it). */
 enum { DBM_DUR_FILE_REPAIRED = 1, DBM_DUR_WAL_STALE = 2 };
 int dbm_dur_recover(struct base *b, int sqlite_synced, int *done);
+/* Whether the marker was written with the writeback cache in this boot: a
+ * daemon crash, after which the WAL's backing file still holds every frame
+ * the kernel wrote back (commits SQLite may have reported done while the
+ * daemon died recording them). */
+int dbm_dur_wb_crash_same_boot(struct base *b);
 /* Start-up of a database SQLite's own protocol wrote: start the marker. */
 int dbm_dur_recover_legacy_done(struct base *b);
 void dbm_dur_stop(struct dbm_livedb *l);          /* and syncs everything */

@@ -81,6 +81,14 @@ def test_stat_size_matches_content_and_tools_see_all(mount):
         assert run("tail", "-n", "2", path).stdout.splitlines() == lines[-2:] or path.endswith("status")
     assert run("grep", "^environments: 3$", mount.p("status")).stdout.strip() == "environments: 3"
     assert run("tail", "-n", "1", mount.p("status")).stdout.startswith("exports_produced: ")
+    # while a reader holds it open, and its content grew since (a new
+    # database adds lines), stat still gives what a read returns now
+    path = mount.p("prod", "status")
+    with open(path, "rb") as held:
+        before = held.read()
+        sql(mount.p("prod", "db", "s.db"), "CREATE TABLE t(x);")
+        data = open(path, "rb").read()
+        assert len(data) > len(before) and os.stat(path).st_size == len(data)
 
 
 def test_status_is_fresh_on_every_read(mount):
