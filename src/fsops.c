@@ -693,8 +693,6 @@ static void set_dbfile_open(struct fuse_file_info *fi, struct dbm_dbhandle *h)
     dbm_fusepass_reply_next(id);
 }
 
-
-
 static void reply_open_dbfile(fuse_req_t req, struct fuse_file_info *fi, struct dbm_dbhandle *h)
 {
     set_dbfile_open(fi, h);

@@ -53,7 +53,6 @@ struct textfh {
     char data[];
 };
 
-
 /* fsops.c */
 void dbm_fs_reply_entry(fuse_req_t req, fuse_ino_t ino, const struct stat *st, double ttl);
 /* A buffer for a READ's reply of size bytes: the io_uring entry's own

@@ -233,10 +233,6 @@ int main(int argc, char *argv[])
     struct fuse_cmdline_opts opts;
     if (fuse_opt_parse(&args, &cli, cli_opts, opt_proc) < 0 || fuse_parse_cmdline(&args, &opts) < 0)
         return 2;
-    /* auto by default: a request served on its caller's CPU costs as much as
-     * a /dev/fuse round trip or far less (when the daemon shares the
-     * caller's scheduling group; bench/README.md); it falls back to
-     * /dev/fuse by itself */
     /* the two-value -o options, each the first value or the second (or not
      * given: -1); the first bad one is refused, saying what is accepted */
     const struct {
@@ -255,6 +251,10 @@ int main(int argc, char *argv[])
             fprintf(stderr, "dbmovefs: -o %s=%s: expected %s=%s or %s=%s\n", choice[i].name, v, choice[i].name,
                     choice[i].first, choice[i].name, choice[i].second);
     }
+    /* auto by default: a request served on its caller's CPU costs as much as
+     * a /dev/fuse round trip or far less (when the daemon shares the
+     * caller's scheduling group; bench/README.md); it falls back to
+     * /dev/fuse by itself */
     enum dbm_uring_mode umode = pick[0] == 0 ? DBM_URING_AUTO
                                 : pick[0] == 1 || opts.singlethread ? DBM_URING_OFF /* -s: one thread, as asked */
                                                                     : DBM_URING_AUTO;
