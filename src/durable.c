@@ -582,7 +582,9 @@ static void sync_all(struct dbm_livedb *l)
         uint64_t last = 0, id = tl_id_of(b, &last);
         int fd = -1;
         last = sync_target(b, last);
-        if (id && b->db && b->db->fd >= 0 && last > b->synced_txid)
+        /* a file that may lack committed pages is never marked synced
+         * (wb_lost): the next start repairs it from the marker */
+        if (id && b->db && b->db->fd >= 0 && last > b->synced_txid && !__atomic_load_n(&b->wb_lost, __ATOMIC_ACQUIRE))
             fd = dup(b->db->fd);
         int wal = b->wal_mode;
         pthread_mutex_unlock(&b->mu);

@@ -429,7 +429,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
         if (e && (to_set & FUSE_SET_ATTR_SIZE))
             rc = dbm_livedb_truncate(e->live, ino_id(ino), (uint64_t)attr->st_size, &st);
         else if (e)
-            rc = dbm_livedb_getattr(e->live, ino_id(ino), &st); /* times: kept real, not settable */
+            rc = dbm_livedb_getattr(e->live, ino_id(ino), &st); /* times: not settable (livedb.h) */
         st.st_ino = ino;
     }
     pthread_rwlock_unlock(&d->cfg_lock);

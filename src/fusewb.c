@@ -77,7 +77,7 @@ static void set_why(struct dbm_fusewb *w, const char *why)
     pthread_mutex_unlock(&w->mu);
 }
 
-struct dbm_fusewb *dbm_fusewb_create(enum dbm_wb_mode mode, int single_threaded, const char *mountpoint)
+struct dbm_fusewb *dbm_fusewb_create(enum dbm_wb_mode mode, unsigned threads, const char *mountpoint)
 {
     struct dbm_fusewb *w = calloc(1, sizeof *w);
     if (!w || !(w->mountpoint = strdup(mountpoint))) {
@@ -88,10 +88,16 @@ struct dbm_fusewb *dbm_fusewb_create(enum dbm_wb_mode mode, int single_threaded,
     pthread_mutex_init(&w->mu, NULL);
     pthread_mutex_init(&w->req_mu, NULL);
     const char *why = ON_WHY;
+    char few[200];
+    snprintf(few, sizeof few,
+             "off (-o max_threads=%u, below %d: a commit point waits for writes that other threads must serve)",
+             threads, DBM_WB_MIN_THREADS);
     if (mode == DBM_WB_OFF)
         why = "off (-o writeback=off)";
-    else if (single_threaded)
+    else if (threads == 0)
         why = "off (-s: a commit point waits for writes that another thread must serve)";
+    else if (threads < DBM_WB_MIN_THREADS)
+        why = few;
     else if (!dbm_have_cap(CAP_DAC_READ_SEARCH))
         why = "off (reaching the kernel's copy of a file by handle needs CAP_DAC_READ_SEARCH)";
     w->mode = strcmp(why, ON_WHY) == 0 ? DBM_WB_AUTO : DBM_WB_OFF;
@@ -164,7 +170,12 @@ static int helper_do(const char *mountpoint, const struct req *r, dev_t *dev)
         rc = -errno;
     if (r->op == OP_RESET && rc == 0)
         rc = -posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    close(fd);
+    /* the close (FUSE's FLUSH) waits for every write-back in flight and
+     * reports one the daemon refused, where sync_file_range may not (a
+     * kernel that copies pages to write them back ends their writeback as
+     * they are sent) */
+    if (close(fd) < 0 && rc == 0 && r->op == OP_FLUSH)
+        rc = -errno;
 out:
     close(mfd);
     return rc;

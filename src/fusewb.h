@@ -30,10 +30,16 @@ struct dbm_fusewb;
 
 enum dbm_wb_mode { DBM_WB_OFF, DBM_WB_AUTO };
 
-/* Decides whether the cache is used (auto: unless single-threaded or
- * without CAP_DAC_READ_SEARCH) for a mount on mountpoint (absolute;
- * copied). NULL only when out of memory. */
-struct dbm_fusewb *dbm_fusewb_create(enum dbm_wb_mode mode, int single_threaded, const char *mountpoint);
+/* The fewest /dev/fuse loop threads the cache is used with: a commit point
+ * that has the kernel write a file back holds its thread while others serve
+ * the writes (and other commit points wait meanwhile). */
+#define DBM_WB_MIN_THREADS 8
+
+/* Decides whether the cache is used (auto: unless threads, the /dev/fuse
+ * loop's, is below DBM_WB_MIN_THREADS (0: single-threaded, -s), or without
+ * CAP_DAC_READ_SEARCH) for a mount on mountpoint (absolute; copied). NULL
+ * only when out of memory. */
+struct dbm_fusewb *dbm_fusewb_create(enum dbm_wb_mode mode, unsigned threads, const char *mountpoint);
 void dbm_fusewb_destroy(struct dbm_fusewb *w); /* accepts NULL; closes the mount descriptor */
 
 /* Whether the INIT reply asks for the writeback cache. Accepts NULL (no). */

@@ -560,7 +560,8 @@ static void sync_point(struct base *b, int wal, const char *what)
     if (!__atomic_load_n(wal ? &b->wal_blind : &b->journal_blind, __ATOMIC_ACQUIRE))
         return;
     /* the writeback cache holds what SQLite wrote until it is written back
-     * (logged if it cannot be: then nothing new is in the file to record) */
+     * (logged if it cannot be: the commit stays pending, and the next sync
+     * point tries again) */
     if (wal && dbm_wb_flush_slot(b, &b->wal, 0) < 0)
         return;
     pthread_mutex_lock(&b->mu);
@@ -595,8 +596,10 @@ int dbm_livedb_unlink(struct dbm_livedb *l, const char *name)
     int rc = find(l, name, &f, &b);
     if (rc < 0)
         return rc;
-    /* a journal's removal commits: the pages the kernel holds come first */
-    if (kind == DBM_SQLFILE_JOURNAL && (rc = dbm_wb_flush_slot(b, &b->db, 0)) < 0)
+    /* a journal's removal commits: the pages the kernel holds come first; a
+     * WAL's follows a checkpoint whose pages may still be in the kernel, and
+     * if they cannot be written the WAL that holds them stays */
+    if ((kind == DBM_SQLFILE_JOURNAL || kind == DBM_SQLFILE_WAL) && (rc = dbm_wb_flush_slot(b, &b->db, 0)) < 0)
         return rc;
     pthread_mutex_lock(&b->mu);
     /* the name may have changed hands while we waited for the base */
@@ -640,6 +643,20 @@ out:
     return rc;
 }
 
+/* -ENOSPC (logged) if database file f would grow to end, past the
+ * environment's max_db_size; else 0. b->mu held. */
+static int check_max_size(struct base *b, struct dbfile *f, uint64_t end)
+{
+    uint64_t max = __atomic_load_n(&b->l->max_db_bytes, __ATOMIC_RELAXED);
+    uint64_t dsize;
+    if (!max || end <= max || dbm_fd_size(f->fd, &dsize) < 0 ||
+        end <= (b->db == f && dbm_dur_active(b) ? dbm_dur_size(b) : dsize))
+        return 0;
+    dbm_notice("%s/%s: write refused: the database would grow past max_db_size (%llu bytes)", b->l->env, b->name,
+               (unsigned long long)max);
+    return -ENOSPC;
+}
+
 int dbm_livedb_truncate(struct dbm_livedb *l, uint64_t id, uint64_t size, struct stat *st)
 {
     pthread_mutex_lock(&l->mu);
@@ -651,8 +668,10 @@ int dbm_livedb_truncate(struct dbm_livedb *l, uint64_t id, uint64_t size, struct
         return rc;
     /* a journal truncated to 0 commits: the pages the kernel holds come
      * first (never the truncated file's own: the kernel holds its writes
-     * back until this returns) */
-    if (f->kind == DBM_SQLFILE_JOURNAL && size == 0 && (rc = dbm_wb_flush_slot(b, &b->db, 0)) < 0)
+     * back until this returns); a WAL truncated to 0 (a TRUNCATE
+     * checkpoint) as a WAL's removal (dbm_livedb_unlink) */
+    if ((f->kind == DBM_SQLFILE_JOURNAL || f->kind == DBM_SQLFILE_WAL) && size == 0 &&
+        (rc = dbm_wb_flush_slot(b, &b->db, 0)) < 0)
         return rc;
     pthread_mutex_lock(&b->mu);
     if (f->kind == DBM_SQLFILE_JOURNAL && size == 0 && (rc = dbm_cap_journal_commit(b, JM_TRUNCATE)) < 0)
@@ -661,6 +680,8 @@ int dbm_livedb_truncate(struct dbm_livedb *l, uint64_t id, uint64_t size, struct
         f->hdr_ok = 0; /* its mapped header may be past the end from now on (livedb_i.h) */
     if (f->kind == DBM_SQLFILE_WAL && b->wal == f && (rc = dbm_cap_wal_sync(b)) < 0)
         goto out;
+    if (f->kind == DBM_SQLFILE_DB && (rc = check_max_size(b, f, size)) < 0)
+        goto out; /* a checkpoint's size hint: its writes past the end would be refused too */
     if (f->kind == DBM_SQLFILE_DB && b->db == f && dbm_dur_active(b)) {
         dbm_dur_truncate(b, size); /* applied with the commit */
         goto out;
@@ -679,6 +700,18 @@ out:
         pthread_mutex_unlock(&l->mu);
     }
     return rc;
+}
+
+/* The writeback cache: a write-back to the database file itself failed, so
+ * the file may lack committed pages (a checkpoint's) for the rest of this run
+ * (base.wb_lost). Without the cache SQLite hears of it at its write, and keeps
+ * the WAL. b->mu held. */
+static void wb_file_write_failed(struct base *b, int err)
+{
+    if (b->l->writeback && !__atomic_exchange_n(&b->wb_lost, 1, __ATOMIC_ACQ_REL))
+        dbm_err("%s/%s: the kernel's write-back to the database file failed (%s): the file may lack committed "
+                "pages; the history has them, and the daemon's next start rewrites them",
+                b->l->env, b->name, strerror(err));
 }
 
 ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, off_t off)
@@ -708,13 +741,9 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
         goto out;
     }
     if (f->kind == DBM_SQLFILE_DB) {
-        uint64_t max = __atomic_load_n(&b->l->max_db_bytes, __ATOMIC_RELAXED);
-        uint64_t dsize;
-        if (max && (uint64_t)off + size > max && dbm_fd_size(f->fd, &dsize) == 0 &&
-            (uint64_t)off + size > (dbm_dur_active(b) ? dbm_dur_size(b) : dsize)) {
-            dbm_notice("%s/%s: write refused: the database would grow past max_db_size (%llu bytes)", b->l->env,
-                       b->name, (unsigned long long)max);
-            ret = -ENOSPC;
+        if ((ret = check_max_size(b, f, (uint64_t)off + size)) < 0) {
+            if (!dbm_dur_active(b))
+                wb_file_write_failed(b, ENOSPC); /* not a transaction's page in the shadow */
             goto out;
         }
         /* a checkpoint copies committed frames into the file: they must be recorded first */
@@ -742,6 +771,8 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
     ret = pwrite(f->fd, buf, size, off);
     if (ret < 0) {
         ret = -errno;
+        if (f->kind == DBM_SQLFILE_DB)
+            wb_file_write_failed(b, (int)-ret);
         goto out;
     }
     if (f->kind == DBM_SQLFILE_DB)
@@ -935,34 +966,40 @@ static void note_writer(struct dbfile *f)
         __atomic_store_n(&f->base->writer, dbm_lock_held_at(&f->locks, F_WRLCK, DBM_SHM_WRITE_LOCK), __ATOMIC_RELAXED);
 }
 
-/* The writeback cache's checks as a write lock is granted (a clear error
- * here, where SQLite hears of it, rather than a write the kernel sends later
- * and nobody waits for): a write transaction (RESERVED, or WAL's WRITE) needs
- * room in the state directory; the database file's EXCLUSIVE lock, which
- * SQLite takes before it writes pages, is noted when there is neither a
- * rollback journal nor a WAL yet (SQLite opens the journal of a new
- * database's first transaction, or of a VACUUM, after it): if none comes
- * (journal_mode MEMORY or OFF), the lock's end fails the transaction. */
+/* The writeback cache's checks before a write lock is granted (a clear
+ * error here, where SQLite hears of it, rather than a write the kernel sends
+ * later and nobody waits for): a write transaction (RESERVED, or WAL's WRITE)
+ * needs room in the state directory. */
 static int wb_lock_check(struct dbfile *f, uint64_t start, uint64_t end)
 {
     struct base *b = f->base;
+    if (f->kind == DBM_SQLFILE_SHM && start <= DBM_SHM_CKPT_LOCK && end >= DBM_SHM_CKPT_LOCK)
+        __atomic_store_n(&b->db_clean, 0, __ATOMIC_RELEASE); /* a checkpoint writes the database */
     if (f->kind == DBM_SQLFILE_SHM && start == DBM_SHM_WRITE_LOCK && end == DBM_SHM_WRITE_LOCK) {
         __atomic_store_n(&b->wal_clean, 0, __ATOMIC_RELEASE); /* a new writer: nothing it writes is synced yet */
         return dbm_wb_room(b->l, b->name);
     }
-    if (f->kind != DBM_SQLFILE_DB)
-        return 0;
-    if (start <= DBM_RESERVED_BYTE && end >= DBM_RESERVED_BYTE) {
+    if (f->kind == DBM_SQLFILE_DB && start <= DBM_RESERVED_BYTE && end >= DBM_RESERVED_BYTE) {
         __atomic_store_n(&b->db_clean, 0, __ATOMIC_RELEASE);
         return dbm_wb_room(b->l, b->name);
     }
-    if (start > DBM_SHARED_FIRST || end < DBM_SHARED_FIRST)
-        return 0;
+    return 0;
+}
+
+/* The writeback cache, once the database file's EXCLUSIVE lock is granted
+ * (SQLite takes it before it writes pages): noted when there is neither a
+ * rollback journal nor a WAL yet (SQLite opens the journal of a new
+ * database's first transaction, or of a VACUUM, after it); if none comes
+ * (journal_mode MEMORY or OFF), the lock's end fails the transaction. */
+static void wb_exclusive_granted(struct dbfile *f, uint64_t start, uint64_t end)
+{
+    struct base *b = f->base;
+    if (f->kind != DBM_SQLFILE_DB || start > DBM_SHARED_FIRST || end < DBM_SHARED_FIRST)
+        return;
     pthread_mutex_lock(&b->mu);
     if (!b->wal_mode && !b->wal && !b->journal)
         __atomic_store_n(&b->unjournaled, 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&b->mu);
-    return 0;
 }
 
 /* The writeback cache: whether this lock ends an EXCLUSIVE lock taken with
@@ -1024,6 +1061,8 @@ int dbm_livedb_setlk(struct dbm_dbhandle *h, uint64_t owner, const struct flock 
     if (rc == 0)
         note_writer(f);
     pthread_mutex_unlock(&f->mu);
+    if (rc == 0 && fl->l_type == F_WRLCK && f->base->l->writeback)
+        wb_exclusive_granted(f, start, end); /* takes b->mu: not under f->mu (lock order) */
     return rc == 0 && unjournaled ? -EIO : rc; /* the lock changed; the transaction's commit fails */
 }
 

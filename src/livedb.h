@@ -63,6 +63,8 @@ void dbm_livedb_set_limits(struct dbm_livedb *l, uint32_t max_dbs, uint64_t max_
 /* Looks a name up; on success takes one lookup reference on the file. */
 int dbm_livedb_lookup(struct dbm_livedb *l, const char *name, uint64_t *id, struct stat *st);
 void dbm_livedb_forget(struct dbm_livedb *l, uint64_t id, uint64_t nlookup);
+/* The backing file's attributes; with the writeback cache its change and
+ * modification times are left zero: the kernel keeps them (livedb.c). */
 int dbm_livedb_getattr(struct dbm_livedb *l, uint64_t id, struct stat *st);
 /* Calls cb(name, id, st) for each file, sorted by name, from index start
  * (0-based); stops when cb returns non-zero. Returns 0 or -errno. */

@@ -133,6 +133,10 @@ struct base {
      * WRITE lock was taken (synced by the writer): a commit point then needs
      * no flush (livewb.c) */
     int db_clean, wal_clean;
+    int wb_lost;              /* (atomic) writeback cache: the kernel wrote back to the database file
+                               * itself (a checkpoint's pages), and the write failed: the file may lack
+                               * committed pages for the rest of this run, so its synced marker stays
+                               * and the next start rewrites them from the history (durable.c) */
     int unjournaled;          /* (atomic) writeback cache: EXCLUSIVE granted on an empty database with no
                                * journal yet (SQLite opens it after, unless journal_mode is MEMORY
                                * or OFF: then the unlock fails, livedb.c) */

@@ -42,8 +42,8 @@ static const char usage[] =
     "                   where the scheduler likes\n"
     "                   writeback=auto|off: the kernel caches writes to databases\n"
     "                   and WALs and sends them in large writes (auto, the\n"
-    "                   default; needs CAP_DAC_READ_SEARCH and more than one\n"
-    "                   thread) or each as SQLite makes it (off)\n"
+    "                   default; needs CAP_DAC_READ_SEARCH and 8 threads or\n"
+    "                   more) or each as SQLite makes it (off)\n"
     "                   passthrough=auto|off: without the writeback cache, WAL\n"
     "                   and journal files are read and written by the kernel\n"
     "                   without a request each (auto, the default; needs\n"
@@ -284,7 +284,8 @@ int main(int argc, char *argv[])
     char *mountpoint = realpath(cli.mountpoint, NULL);
     struct dbm_daemon *d = NULL;
     char err[1024];
-    struct dbm_fusewb *wb = mountpoint ? dbm_fusewb_create(wbmode, opts.singlethread, mountpoint) : NULL;
+    unsigned threads = opts.singlethread ? 0 : cli.max_threads ? cli.max_threads : DEFAULT_MAX_THREADS;
+    struct dbm_fusewb *wb = mountpoint ? dbm_fusewb_create(wbmode, threads, mountpoint) : NULL;
     if (!wb) {
         fprintf(stderr, "dbmovefs: %s: %s\n", cli.mountpoint, mountpoint ? strerror(ENOMEM) : strerror(errno));
         free(mountpoint);

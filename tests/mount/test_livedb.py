@@ -476,6 +476,35 @@ def test_limits_are_enforced_with_clear_errors(new_mount, tmpbase):
     same_as_history(m, "prod", "b.db", tmpbase)
 
 
+@pytest.mark.parametrize("sync", ["OFF", "FULL"])
+def test_wal_checkpoint_past_max_db_size_keeps_the_wal_and_every_commit(new_mount, tmpbase, sync):
+    # WAL commits are recorded whatever the size; the checkpoint that would
+    # grow the file past max_db_size is refused, so the WAL must stay (with
+    # the writeback cache the refusal comes at the write-back, after SQLite
+    # has moved on, with synchronous=OFF not even at a sync)
+    m = new_mount(LIMITS)
+    m.expect_error(r"w.db: the kernel's write-back to the database file failed")
+    m.expect_error(r"w.db: the kernel could not write back what SQLite wrote")
+    db = m.p("prod", "db", "w.db")
+    sql(db, "PRAGMA journal_mode=WAL; CREATE TABLE t(b);")
+    script = f"PRAGMA synchronous={sync};" + "INSERT INTO t VALUES (randomblob(20000));" * 30
+    sql(db, script, check=False)  # its closing checkpoint may fail: the commits stand
+    time.sleep(1.5)  # a background sync (every second) runs meanwhile: the restart must still find it all
+    rows = sql(db, "PRAGMA integrity_check; SELECT count(*) FROM t;").stdout.split()
+    assert rows == ["ok", "30"], rows
+    assert "would grow past max_db_size" in m.read_log()
+    m.stop()
+    m.start()
+    q = "PRAGMA integrity_check; SELECT count(*), sum(length(b)) FROM t; SELECT hex(b) FROM t ORDER BY rowid;"
+    live = sql(db, q).stdout
+    assert live.split()[:2] == ["ok", "30|600000"], live[:100]
+    m.stop()
+    # the file and its WAL (kept while the file may not grow) hold what the history holds
+    img = os.path.join(tmpbase, "w.db.img")
+    history_image(m.state, "prod", "w.db", img)
+    assert run("sqlite3", img, q).stdout == live
+
+
 def test_database_placed_by_hand_is_recorded_whole_at_start(new_mount, tmpbase):
     m = new_mount(start=False)
     path = os.path.join(m.state, "envs", "prod", "db")

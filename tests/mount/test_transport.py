@@ -78,6 +78,12 @@ def test_writeback_is_the_default_for_root_and_says_why_not(new_mount):
     m = new_mount(None, True, "-s", "-o", "writeback=auto")
     assert status(m, "fuse_writeback") == "off (-s: a commit point waits for writes that another thread must serve)"
     assert children(m.proc.pid) == []
+    m.stop()
+    m = new_mount(None, True, "-o", "writeback=auto,max_threads=1")
+    assert status(m, "fuse_writeback") == \
+        "off (-o max_threads=1, below 8: a commit point waits for writes that other threads must serve)"
+    assert children(m.proc.pid) == []
+    serves(m)
 
 
 def test_writeback_without_cap_dac_read_search_falls_back_and_says_why(new_mount):
