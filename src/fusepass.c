@@ -9,7 +9,7 @@
  * State: p->offered is written by the thread that reads INIT and read by the
  * same thread when it writes INIT's reply; p->init_unique (atomic) is read
  * at every reply, on any thread; p->active is atomic because handlers on
- * every thread read it. p->mu guards why; a leaf. */
+ * every thread read it. why has its own (leaf) lock. */
 #include "fusepass.h"
 
 #include <errno.h>
@@ -60,18 +60,12 @@ struct dbm_fusepass {
     int offered;              /* the kernel's INIT offered FUSE_PASSTHROUGH */
     uint64_t init_unique;     /* INIT's unique, 0 once answered */
     _Atomic int active;       /* negotiated and not found unusable since */
-    pthread_mutex_t mu;
-    char why[160];            /* what fuse_passthrough says */
+    struct dbm_stext why;     /* what fuse_passthrough says */
 };
 
 static __thread int reply_next; /* backing id for this thread's next OPEN/CREATE reply */
 
-static void set_why(struct dbm_fusepass *p, const char *why)
-{
-    pthread_mutex_lock(&p->mu);
-    dbm_strlcpy(p->why, why, sizeof p->why);
-    pthread_mutex_unlock(&p->mu);
-}
+static void set_why(struct dbm_fusepass *p, const char *why) { dbm_stext_set(&p->why, why); }
 
 struct dbm_fusepass *dbm_fusepass_create(int fuse_fd, enum dbm_pass_mode mode)
 {
@@ -79,7 +73,6 @@ struct dbm_fusepass *dbm_fusepass_create(int fuse_fd, enum dbm_pass_mode mode)
     if (!p)
         return NULL;
     p->fuse_fd = fuse_fd;
-    pthread_mutex_init(&p->mu, NULL);
     const char *why = "off (the kernel has not sent INIT yet)";
     if (mode == DBM_PASS_OFF) {
         why = "off (-o passthrough=off)";
@@ -92,7 +85,7 @@ struct dbm_fusepass *dbm_fusepass_create(int fuse_fd, enum dbm_pass_mode mode)
         why = "off (registering backing files needs CAP_SYS_ADMIN)";
     }
     p->mode = mode;
-    dbm_strlcpy(p->why, why, sizeof p->why);
+    dbm_stext_init(&p->why, why);
     return p;
 }
 
@@ -100,7 +93,7 @@ void dbm_fusepass_destroy(struct dbm_fusepass *p)
 {
     if (!p)
         return;
-    pthread_mutex_destroy(&p->mu);
+    dbm_stext_destroy(&p->why);
     free(p);
 }
 
@@ -222,12 +215,5 @@ void dbm_fusepass_reply_next(int id) { reply_next = id; }
 
 void dbm_fusepass_report(const struct dbm_fusepass *p, struct dbm_sbuf *b)
 {
-    if (!p) {
-        dbm_sbuf_kv(b, "fuse_passthrough", "off");
-        return;
-    }
-    struct dbm_fusepass *q = (struct dbm_fusepass *)p; /* the mutex, not the state */
-    pthread_mutex_lock(&q->mu);
-    dbm_sbuf_kv(b, "fuse_passthrough", "%s", q->why);
-    pthread_mutex_unlock(&q->mu);
+    dbm_stext_kv(b, "fuse_passthrough", p ? &p->why : NULL);
 }

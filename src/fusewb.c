@@ -22,7 +22,7 @@
  * its device), so a mountpoint something else was mounted on after a lazy
  * unmount is never used.
  *
- * State: why under mu (a leaf); req_mu serializes requests to the helper
+ * State: why has its own (leaf) lock; req_mu serializes requests to the helper
  * (held while it works: no other lock may be held then, livedb_i.h). */
 #include "fusewb.h"
 
@@ -66,16 +66,10 @@ struct dbm_fusewb {
     pid_t helper;                 /* 0 until started */
     int sock;                     /* to the helper, or -1 */
     pthread_mutex_t req_mu;       /* one request at a time */
-    pthread_mutex_t mu;
-    char why[200];                /* what fuse_writeback says */
+    struct dbm_stext why;         /* what fuse_writeback says */
 };
 
-static void set_why(struct dbm_fusewb *w, const char *why)
-{
-    pthread_mutex_lock(&w->mu);
-    dbm_strlcpy(w->why, why, sizeof w->why);
-    pthread_mutex_unlock(&w->mu);
-}
+static void set_why(struct dbm_fusewb *w, const char *why) { dbm_stext_set(&w->why, why); }
 
 struct dbm_fusewb *dbm_fusewb_create(enum dbm_wb_mode mode, unsigned threads, const char *mountpoint)
 {
@@ -85,7 +79,6 @@ struct dbm_fusewb *dbm_fusewb_create(enum dbm_wb_mode mode, unsigned threads, co
         return NULL;
     }
     w->sock = -1;
-    pthread_mutex_init(&w->mu, NULL);
     pthread_mutex_init(&w->req_mu, NULL);
     const char *why = ON_WHY;
     char few[200];
@@ -101,7 +94,7 @@ struct dbm_fusewb *dbm_fusewb_create(enum dbm_wb_mode mode, unsigned threads, co
     else if (!dbm_have_cap(CAP_DAC_READ_SEARCH))
         why = "off (reaching the kernel's copy of a file by handle needs CAP_DAC_READ_SEARCH)";
     w->mode = strcmp(why, ON_WHY) == 0 ? DBM_WB_AUTO : DBM_WB_OFF;
-    dbm_strlcpy(w->why, why, sizeof w->why);
+    dbm_stext_init(&w->why, why);
     return w;
 }
 
@@ -113,7 +106,7 @@ void dbm_fusewb_destroy(struct dbm_fusewb *w)
         close(w->sock); /* the helper sees the end and exits */
     if (w->helper > 0)
         waitpid(w->helper, NULL, 0);
-    pthread_mutex_destroy(&w->mu);
+    dbm_stext_destroy(&w->why);
     pthread_mutex_destroy(&w->req_mu);
     free(w->mountpoint);
     free(w);
@@ -287,12 +280,5 @@ int dbm_fusewb_is_own(const struct dbm_fusewb *w, pid_t tid)
 
 void dbm_fusewb_report(const struct dbm_fusewb *w, struct dbm_sbuf *b)
 {
-    if (!w) {
-        dbm_sbuf_kv(b, "fuse_writeback", "off");
-        return;
-    }
-    struct dbm_fusewb *q = (struct dbm_fusewb *)w; /* the mutex, not the state */
-    pthread_mutex_lock(&q->mu);
-    dbm_sbuf_kv(b, "fuse_writeback", "%s", q->why);
-    pthread_mutex_unlock(&q->mu);
+    dbm_stext_kv(b, "fuse_writeback", w ? &w->why : NULL);
 }

@@ -113,3 +113,30 @@ char *dbm_strtrim(char *s)
     s[n] = '\0';
     return s;
 }
+
+void dbm_stext_init(struct dbm_stext *t, const char *text)
+{
+    pthread_mutex_init(&t->mu, NULL);
+    dbm_strlcpy(t->text, text, sizeof t->text);
+}
+
+void dbm_stext_destroy(struct dbm_stext *t) { pthread_mutex_destroy(&t->mu); }
+
+void dbm_stext_set(struct dbm_stext *t, const char *text)
+{
+    pthread_mutex_lock(&t->mu);
+    dbm_strlcpy(t->text, text, sizeof t->text);
+    pthread_mutex_unlock(&t->mu);
+}
+
+void dbm_stext_kv(struct dbm_sbuf *b, const char *key, const struct dbm_stext *t)
+{
+    if (!t) {
+        dbm_sbuf_kv(b, key, "off");
+        return;
+    }
+    struct dbm_stext *m = (struct dbm_stext *)t; /* the mutex, not the text */
+    pthread_mutex_lock(&m->mu);
+    dbm_sbuf_kv(b, key, "%s", m->text);
+    pthread_mutex_unlock(&m->mu);
+}
