@@ -479,9 +479,9 @@ def test_limits_are_enforced_with_clear_errors(new_mount, tmpbase):
 @pytest.mark.parametrize("sync", ["OFF", "FULL"])
 def test_wal_checkpoint_past_max_db_size_keeps_the_wal_and_every_commit(new_mount, tmpbase, sync):
     # WAL commits are recorded whatever the size; the checkpoint that would
-    # grow the file past max_db_size is refused, so the WAL must stay (with
-    # the writeback cache the refusal comes at the write-back, after SQLite
-    # has moved on, with synchronous=OFF not even at a sync)
+    # grow the file past max_db_size is refused (its ftruncate size hint, then
+    # its writes past the end; with the writeback cache those come back at the
+    # write-back, after SQLite has moved on), so the WAL must stay
     m = new_mount(LIMITS)
     m.expect_error(r"w.db: the kernel's write-back to the database file failed")
     m.expect_error(r"w.db: the kernel could not write back what SQLite wrote")
