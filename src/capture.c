@@ -73,6 +73,7 @@ static void dirty_clear(struct base *b)
     for (size_t i = 0; i < b->ndirty; i++)
         b->dirty_bits[b->dirty[i] / 8] = 0;
     b->ndirty = 0;
+    dbm_wb_txn_clear(b);
 }
 
 static int u32_cmp(const void *a, const void *b)
@@ -136,6 +137,7 @@ void dbm_cap_free(struct base *b)
     b->tl = NULL;
     free(b->dirty_bits);
     free(b->dirty);
+    free(b->wb_refused);
     free(b->wv.refs);
     if (b->cursor_fd >= 0)
         close(b->cursor_fd);
@@ -409,19 +411,32 @@ static int same_as_recorded(struct base *b, uint64_t last_txid, uint32_t pgno, c
     return rc == 0 && memcmp(cur, data, b->page_size) == 0;
 }
 
+/* The commit point of a transaction that lost a write the kernel sent back
+ * (livewb.c): refused, so the journal stays hot and SQLite rolls back. */
+static int refuse_lost(struct base *b)
+{
+    dbm_err("%s/%s: commit refused: a write of this transaction that the kernel sent back later was refused "
+            "(logged above), so the database would lack it; SQLite rolls the transaction back",
+            b->l->env, b->name);
+    return -EIO;
+}
+
 /* Records the transaction whose pages are in the dirty set, reading them
  * back (from the shadow or the database file) a batch at a time. whole:
  * record every dirty page even if the history already holds it (a resync).
  * The caller clears the dirty set. */
 static int rb_commit(struct base *b, int whole)
 {
-    if (!b->db || b->ndirty == 0)
+    /* a refused write left: only a rollback (which rewrites what it
+     * changed, and truncates what it added) may end the transaction */
+    int lost = dbm_wb_txn_lost(b, 0, 0);
+    if (!b->db || (b->ndirty == 0 && !lost))
         return 0;
     struct dbm_dbhdr h;
     uint64_t fsz;
     int rc = read_dbhdr(b, &h, &fsz);
     if (rc == -ENODATA)
-        return 0;
+        return lost ? refuse_lost(b) : 0;
     if (rc < 0) {
         dbm_err("%s/%s: page 1 is not a SQLite header at commit: refusing to record garbage", b->l->env, b->name);
         return -EIO;
@@ -430,6 +445,11 @@ static int rb_commit(struct base *b, int whole)
     /* no new change counter: a rollback restoring pages, or exclusive
      * locking mode (which bumps it once): record only what really changed */
     int filter = !whole && b->tl && b->page_size == ps && h.change_counter == b->last_counter;
+    /* refused bytes past the size it commits are not part of it; a header
+     * that may be refused says nothing */
+    lost = lost && dbm_wb_txn_lost(b, 0, (uint64_t)db_pages * ps);
+    if (lost && (!filter || dbm_wb_txn_lost(b, 0, 100)))
+        return refuse_lost(b);
     struct dbm_tl_stat tst;
     uint64_t last_txid = filter && dbm_tl_stat(b->tl, &tst) == 0 ? tst.last_txid : 0;
     qsort(b->dirty, b->ndirty, sizeof *b->dirty, u32_cmp);
@@ -464,6 +484,10 @@ static int rb_commit(struct base *b, int whole)
     }
     if (filter && bt.added + bt.n == 0 && db_pages == b->db_pages) {
         rc = 0; /* nothing changed: not a transaction */
+        goto out;
+    }
+    if (lost) {
+        rc = refuse_lost(b);
         goto out;
     }
     rc = batch_commit(&bt, db_pages, have1 ? page1 : NULL);

@@ -682,6 +682,8 @@ int dbm_livedb_truncate(struct dbm_livedb *l, uint64_t id, uint64_t size, struct
         goto out;
     if (f->kind == DBM_SQLFILE_DB && (rc = check_max_size(b, f, size)) < 0)
         goto out; /* a checkpoint's size hint: its writes past the end would be refused too */
+    if (f->kind == DBM_SQLFILE_DB && b->db == f)
+        dbm_wb_txn_cut(b, size); /* a rollback's: a refused write past the end is gone */
     if (f->kind == DBM_SQLFILE_DB && b->db == f && dbm_dur_active(b)) {
         dbm_dur_truncate(b, size); /* applied with the commit */
         goto out;
@@ -742,9 +744,9 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
     }
     if (f->kind == DBM_SQLFILE_DB) {
         if ((ret = check_max_size(b, f, (uint64_t)off + size)) < 0) {
-            if (!dbm_dur_active(b))
-                wb_file_write_failed(b, ENOSPC); /* not a transaction's page in the shadow */
-            goto out;
+            if (!dbm_dur_active(b) && !b->journal_active)
+                wb_file_write_failed(b, ENOSPC); /* not a transaction's page (a checkpoint's) */
+            goto out_db;
         }
         /* a checkpoint copies committed frames into the file: they must be recorded first */
         if (__atomic_load_n(&b->wal_blind, __ATOMIC_ACQUIRE) && (rc = dbm_cap_wal_sync(b)) < 0) {
@@ -759,7 +761,11 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
             rc = dbm_cap_db_written(b, buf, size, off);
             if (rc < 0)
                 ret = rc;
-            goto out;
+            goto out_db;
+        }
+        if (rc < 0) {
+            ret = rc;
+            goto out_db;
         }
     }
     else if (zeroed)
@@ -771,9 +777,9 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
     ret = pwrite(f->fd, buf, size, off);
     if (ret < 0) {
         ret = -errno;
-        if (f->kind == DBM_SQLFILE_DB)
+        if (f->kind == DBM_SQLFILE_DB && !b->journal_active)
             wb_file_write_failed(b, (int)-ret);
-        goto out;
+        goto out_db;
     }
     if (f->kind == DBM_SQLFILE_DB)
         rc = dbm_cap_db_written(b, buf, (size_t)ret, off);
@@ -783,6 +789,10 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
         rc = dbm_cap_wal_written(b, buf, off, (size_t)ret);
     if (rc < 0)
         ret = rc;
+out_db:
+    /* a rollback transaction's write: what the commit point checks */
+    if (f->kind == DBM_SQLFILE_DB && b->journal_active)
+        dbm_wb_txn_write(b, (uint64_t)off, ret < 0 ? size : (uint64_t)ret, ret < 0 ? (int)ret : 0);
 out:
     pthread_mutex_unlock(&b->mu);
     if (ret < 0 && f->kind != DBM_SQLFILE_JOURNAL)

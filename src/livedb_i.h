@@ -137,6 +137,13 @@ struct base {
                                * itself (a checkpoint's pages), and the write failed: the file may lack
                                * committed pages for the rest of this run, so its synced marker stays
                                * and the next start rewrites them from the history (durable.c) */
+    /* writeback cache: byte ranges of the open rollback transaction's
+     * database writes the kernel sent back and the daemon refused, not
+     * written since (livewb.c); a commit that would record anything with
+     * one left is refused. Cleared with the dirty set. */
+    struct dbm_wb_range { uint64_t start, end; } *wb_refused;
+    size_t nwb_refused, wb_refused_cap;
+    int wb_refused_all;       /* one could not be kept (out of memory): as if all bytes were refused */
     int unjournaled;          /* (atomic) writeback cache: EXCLUSIVE granted on an empty database with no
                                * journal yet (SQLite opens it after, unless journal_mode is MEMORY
                                * or OFF: then the unlock fails, livedb.c) */
@@ -202,6 +209,17 @@ void dbm_wb_resync(struct base *b);
 /* Has the kernel drop its copy of b's database and take the backing file's
  * size (refused writes grew it, and no journal rolls them back). No lock. */
 void dbm_wb_reset_db(struct base *b);
+/* A rollback transaction's database write the kernel sent back: refused
+ * (err < 0; kept until written again or cut off by a truncation), or
+ * written (err == 0: takes [off, off + size) out of the kept ranges).
+ * SQLite may never hear of a refusal (synchronous=OFF: the kernel reports it
+ * to whichever close or sync comes first, maybe another process's), so the
+ * commit point checks (dbm_wb_txn_lost). b->mu held. */
+void dbm_wb_txn_write(struct base *b, uint64_t off, uint64_t size, int err);
+void dbm_wb_txn_cut(struct base *b, uint64_t size); /* the database truncated to size */
+/* Whether [off, off + size) holds a refused write (any, with size 0). */
+int dbm_wb_txn_lost(const struct base *b, uint64_t off, uint64_t size);
+void dbm_wb_txn_clear(struct base *b); /* the transaction ended */
 /* Whether a new write transaction may start: with the writeback cache a full
  * disk is seen when the kernel writes back, too late for SQLite to hear of it
  * with synchronous=OFF, so a transaction does not start while the state

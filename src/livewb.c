@@ -18,6 +18,7 @@
 
 #include "livedb_i.h"
 #include "log.h"
+#include "strutil.h"
 #include "sysio.h"
 
 int dbm_wb_flush_slot(struct base *b, struct dbfile **slot, int force)
@@ -68,6 +69,73 @@ void dbm_wb_refused(struct dbfile *f)
         return;
     __atomic_store_n(&f->wb_stale, 1, __ATOMIC_RELEASE);
     __atomic_store_n(&f->base->wb_stale, 1, __ATOMIC_RELEASE);
+}
+
+void dbm_wb_txn_write(struct base *b, uint64_t off, uint64_t size, int err)
+{
+    if (!b->l->writeback || size == 0 || (err == 0 && b->nwb_refused == 0))
+        return; /* one load per write in the common case */
+    uint64_t end = off + size;
+    if (err < 0) {
+        if (dbm_grow((void **)&b->wb_refused, &b->wb_refused_cap, b->nwb_refused + 1, sizeof *b->wb_refused) < 0)
+            b->wb_refused_all = 1;
+        else
+            b->wb_refused[b->nwb_refused++] = (struct dbm_wb_range){ off, end };
+        return;
+    }
+    /* written: cut [off, end) out of every kept range (one may split in two) */
+    for (size_t i = 0; i < b->nwb_refused;) {
+        struct dbm_wb_range *r = &b->wb_refused[i];
+        if (end <= r->start || off >= r->end) {
+            i++;
+        } else if (off > r->start && end < r->end) {
+            struct dbm_wb_range tail = { end, r->end };
+            r->end = off;
+            if (dbm_grow((void **)&b->wb_refused, &b->wb_refused_cap, b->nwb_refused + 1, sizeof *b->wb_refused) < 0)
+                b->wb_refused[i].end = tail.end; /* keep it whole: never less than refused */
+            else
+                b->wb_refused[b->nwb_refused++] = tail;
+            i++;
+        } else if (off > r->start) {
+            r->end = off;
+            i++;
+        } else if (end < r->end) {
+            r->start = end;
+            i++;
+        } else {
+            *r = b->wb_refused[--b->nwb_refused]; /* wholly rewritten */
+        }
+    }
+}
+
+void dbm_wb_txn_cut(struct base *b, uint64_t size)
+{
+    for (size_t i = 0; i < b->nwb_refused;) {
+        struct dbm_wb_range *r = &b->wb_refused[i];
+        if (r->start >= size) {
+            *r = b->wb_refused[--b->nwb_refused];
+        } else {
+            if (r->end > size)
+                r->end = size;
+            i++;
+        }
+    }
+}
+
+int dbm_wb_txn_lost(const struct base *b, uint64_t off, uint64_t size)
+{
+    if (b->wb_refused_all)
+        return 1;
+    for (size_t i = 0; i < b->nwb_refused; i++)
+        if (size == 0 || (off < b->wb_refused[i].end && off + size > b->wb_refused[i].start))
+            return 1;
+    return 0;
+}
+
+void dbm_wb_txn_clear(struct base *b)
+{
+    b->nwb_refused = 0;
+    b->wb_refused_all = 0;
 }
 
 /* Has the kernel drop what it holds clean of b's file in slot, after cutting

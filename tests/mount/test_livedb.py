@@ -505,6 +505,67 @@ def test_wal_checkpoint_past_max_db_size_keeps_the_wal_and_every_commit(new_moun
     assert run("sqlite3", img, q).stdout == live
 
 
+SPILL_PAST_LIMIT = r"""
+import os, sqlite3, subprocess, sys
+db = sys.argv[1]
+c = sqlite3.connect(db, isolation_level=None)
+c.execute("pragma synchronous=OFF")
+c.execute("pragma cache_size=8")  # pages: the transaction spills to the file
+c.execute("create table u(i integer primary key, b)")
+c.execute("create table t(i integer primary key, b)")
+for i in range(1, 41):
+    c.execute("insert into u values (?, randomblob(3000))", (i,))
+out = []
+try:
+    c.execute("begin")
+    for i in range(1, 31):  # grows the file past max_db_size
+        c.execute("insert into t values (?, randomblob(3000))", (i,))
+    for i in range(1, 41):  # rewrites low pages: the new high ones leave the cache
+        c.execute("update u set b = randomblob(3000) where i = ?", (i,))
+    # with the writeback cache: the kernel writes the spilled pages back
+    # now, the daemon refuses those past the limit, and another process's
+    # fsync takes the error, so SQLite's commit never hears of it
+    subprocess.run(["sync"])
+    fd = os.open(db, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        out.append("other fsync: " + e.strerror)
+    os.close(fd)
+    c.execute("commit")
+    out.append("committed")
+except sqlite3.Error as e:
+    out.append("failed: " + str(e))
+out.append("rows %d" % c.execute("select count(*) from t").fetchone()[0])
+print("; ".join(out))
+"""
+
+
+def test_refused_write_back_of_a_spilled_page_fails_the_commit(new_mount, tmpbase):
+    # synchronous=OFF: SQLite never syncs, so with the writeback cache a
+    # refused write-back is reported to whichever close or sync comes first;
+    # here another process's fsync. The commit must still fail (it recorded
+    # a corrupt database before the fix), and SQLite roll it back
+    m = new_mount(LIMITS)
+    m.expect_error(r"s.db: commit refused: a write of this transaction that the kernel sent back later was refused")
+    m.expect_error(r"s.db: the kernel could not write back what SQLite wrote")
+    db = m.p("prod", "db", "s.db")
+    p = run(PY, "-c", SPILL_PAST_LIMIT, db)
+    assert "committed" not in p.stdout, p.stdout + m.read_log()
+    assert p.stdout.strip().endswith("rows 0"), p.stdout
+    assert sql(db, "PRAGMA integrity_check; SELECT count(*) FROM u; SELECT count(*) FROM t;").stdout.split() == \
+        ["ok", "40", "0"]
+    log = m.read_log()
+    assert "would grow past max_db_size" in log
+    # a transaction's refused page is not a failed write to the file itself
+    assert "the file may lack committed pages" not in log
+    if m.writeback():
+        assert "commit refused" in log or "could not write back" in log, log
+    sql(db, "INSERT INTO t VALUES (1, 'after');")
+    m.stop()
+    same_as_history(m, "prod", "s.db", tmpbase)
+
+
 def test_database_placed_by_hand_is_recorded_whole_at_start(new_mount, tmpbase):
     m = new_mount(start=False)
     path = os.path.join(m.state, "envs", "prod", "db")
