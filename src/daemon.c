@@ -244,6 +244,15 @@ fail:
     return rc;
 }
 
+void dbm_daemon_writeback_off(struct dbm_daemon *d)
+{
+    pthread_rwlock_wrlock(&d->cfg_lock);
+    d->writeback = 0; /* and environments a reload adds */
+    for (int i = 0; i < d->nenvs; i++)
+        dbm_livedb_writeback_off(d->envs[i]->live);
+    pthread_rwlock_unlock(&d->cfg_lock);
+}
+
 void dbm_daemon_close(struct dbm_daemon *d)
 {
     if (!d)

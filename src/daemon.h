@@ -74,6 +74,9 @@ int dbm_daemon_init_state(const char *dir, char *err, size_t errsz);
  * failure.
  * The caller applies cfg->log_level when logging goes where it stays. */
 int dbm_daemon_open(const char *state_dir, int writeback, struct dbm_daemon **out, char *err, size_t errsz);
+/* INIT: the kernel did not offer the writeback cache the environments were
+ * opened for; they run without it. */
+void dbm_daemon_writeback_off(struct dbm_daemon *d);
 void dbm_daemon_close(struct dbm_daemon *d); /* accepts NULL and half-built objects */
 /* Writes this process's pid into the lock file (again, after a fork). */
 void dbm_daemon_record_pid(struct dbm_daemon *d);

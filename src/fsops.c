@@ -264,6 +264,8 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
     conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
     /* the writeback cache (fusewb.h), or every write as SQLite makes it */
     int wb = dbm_fusewb_wanted(d->wb) && (conn->capable & FUSE_CAP_WRITEBACK_CACHE);
+    if (!wb && d->writeback)
+        dbm_daemon_writeback_off(d); /* opened for it, not offered: journals need no direct I/O then */
     dbm_fusewb_init(d->wb, wb);
     if (wb)
         conn->want |= FUSE_CAP_WRITEBACK_CACHE;

@@ -18,8 +18,9 @@
  * generation 0. The kernel finds the inode in its cache without a request;
  * one it does not hold is ESTALE, as the daemon does not offer lookups by
  * node id (FUSE_EXPORT_SUPPORT): it caches nothing of such a file. The
- * helper checks that the mountpoint holds this mount (the first open records
- * its device), so a mountpoint something else was mounted on after a lazy
+ * helper checks that the mountpoint holds this mount (its device, which the
+ * daemon reads from /proc/self/mountinfo once mounted and sends with each
+ * request), so a mountpoint something else was mounted on after a lazy
  * unmount is never used.
  *
  * State: why has its own (leaf) lock; req_mu serializes requests to the helper
@@ -38,6 +39,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -55,6 +57,7 @@ enum { OP_FLUSH = 1, OP_RESET = 2 };
 
 struct req {
     uint64_t ino;
+    uint64_t dev; /* the mount's device (0: unknown, the first request's is kept) */
     int64_t size; /* OP_RESET: the size to cut to, or -1 */
     uint32_t op;
     uint32_t pad;
@@ -64,6 +67,7 @@ struct dbm_fusewb {
     enum dbm_wb_mode mode;
     char *mountpoint;
     pid_t helper;                 /* 0 until started */
+    uint64_t dev;                 /* (atomic) the mount's device, 0 until dbm_fusewb_mounted */
     int sock;                     /* to the helper, or -1 */
     pthread_mutex_t req_mu;       /* one request at a time */
     struct dbm_stext why;         /* what fuse_writeback says */
@@ -114,21 +118,25 @@ void dbm_fusewb_destroy(struct dbm_fusewb *w)
 
 int dbm_fusewb_wanted(const struct dbm_fusewb *w)
 {
-    return w && w->mode == DBM_WB_AUTO;
+    return w && __atomic_load_n(&w->mode, __ATOMIC_ACQUIRE) == DBM_WB_AUTO;
 }
 
 void dbm_fusewb_init(struct dbm_fusewb *w, int offered)
 {
-    if (dbm_fusewb_wanted(w) && !offered)
+    if (dbm_fusewb_wanted(w) && !offered) {
         set_why(w, "off (the kernel did not offer it)");
+        __atomic_store_n(&w->mode, DBM_WB_OFF, __ATOMIC_RELEASE); /* request threads read it after INIT */
+    }
 }
 
 /* ---- the helper (raw system calls only) ---- */
 
 /* Carries out r on the mount on mountpoint: 0 or -errno. dev: the mount's
- * device, recorded by the first call. */
+ * device, r's or else the first call's. */
 static int helper_do(const char *mountpoint, const struct req *r, dev_t *dev)
 {
+    if (r->dev)
+        *dev = (dev_t)r->dev;
     int mfd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC); /* not O_PATH: open_by_handle_at refuses it */
     if (mfd < 0)
         return -errno;
@@ -242,10 +250,11 @@ int dbm_fusewb_start(struct dbm_fusewb *w)
 }
 
 /* One request to the helper, waited for. */
-static int ask(struct dbm_fusewb *w, const struct req *r)
+static int ask(struct dbm_fusewb *w, struct req *r)
 {
     if (!w || w->sock < 0)
         return -EIO;
+    r->dev = __atomic_load_n(&w->dev, __ATOMIC_ACQUIRE);
     pthread_mutex_lock(&w->req_mu);
     int32_t rc = -EIO;
     if (send(w->sock, r, sizeof *r, MSG_NOSIGNAL) != (ssize_t)sizeof *r ||
@@ -256,6 +265,34 @@ static int ask(struct dbm_fusewb *w, const struct req *r)
     }
     pthread_mutex_unlock(&w->req_mu);
     return rc;
+}
+
+void dbm_fusewb_mounted(struct dbm_fusewb *w)
+{
+    if (!dbm_fusewb_wanted(w))
+        return;
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (!f)
+        return;
+    char *line = NULL, mp[4096];
+    size_t cap = 0;
+    unsigned maj, min;
+    uint64_t dev = 0;
+    /* "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [TAGS] - TYPE ...": the last
+     * FUSE mount listed on the mountpoint is the newest, ours (a space in the
+     * path is written \040: such a mountpoint keeps the first request's) */
+    while (getline(&line, &cap, f) > 0) {
+        const char *sep = strstr(line, " - ");
+        if (sep && strncmp(sep + 3, "fuse", 4) == 0 &&
+            sscanf(line, "%*u %*u %u:%u %*s %4095s", &maj, &min, mp) == 3 && strcmp(mp, w->mountpoint) == 0)
+            dev = makedev(maj, min);
+    }
+    free(line);
+    fclose(f);
+    if (!dev)
+        dbm_warn("writeback: %s is not in /proc/self/mountinfo as a FUSE mount: the helper checks the mountpoint "
+                 "against the device it first finds there", w->mountpoint);
+    __atomic_store_n(&w->dev, dev, __ATOMIC_RELEASE);
 }
 
 int dbm_fusewb_flush(struct dbm_fusewb *w, uint64_t ino)

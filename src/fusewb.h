@@ -44,7 +44,8 @@ void dbm_fusewb_destroy(struct dbm_fusewb *w); /* accepts NULL; closes the mount
 
 /* Whether the INIT reply asks for the writeback cache. Accepts NULL (no). */
 int dbm_fusewb_wanted(const struct dbm_fusewb *w);
-/* INIT: whether the kernel offered it (if not, the status says so). */
+/* INIT: whether the kernel offered it (if not, it is off from now on, and
+ * the status says so). */
 void dbm_fusewb_init(struct dbm_fusewb *w, int offered);
 
 /* Starts the helper process that does the writing back (see fusewb.c): call
@@ -52,6 +53,9 @@ void dbm_fusewb_init(struct dbm_fusewb *w, int offered);
  * moved to the background. 0 or -errno (the cache is then off, and the
  * status says why). */
 int dbm_fusewb_start(struct dbm_fusewb *w);
+/* Once mounted: notes the mount's device (/proc/self/mountinfo), which the
+ * helper checks the mountpoint against before each request. */
+void dbm_fusewb_mounted(struct dbm_fusewb *w);
 /* Has the kernel write back what it caches of inode ino of the mount: 0, or
  * -errno (a write-back the daemon refused: -EIO or -ENOSPC; no helper). */
 int dbm_fusewb_flush(struct dbm_fusewb *w, uint64_t ino);

@@ -240,6 +240,13 @@ void dbm_livedb_set_limits(struct dbm_livedb *l, uint32_t max_dbs, uint64_t max_
     pthread_mutex_unlock(&l->mu);
 }
 
+void dbm_livedb_writeback_off(struct dbm_livedb *l)
+{
+    pthread_mutex_lock(&l->mu);
+    l->writeback = 0;
+    pthread_mutex_unlock(&l->mu);
+}
+
 /* Live databases (db files not removed). l->mu held. */
 static size_t count_dbs(struct dbm_livedb *l)
 {

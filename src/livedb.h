@@ -53,6 +53,10 @@ struct dbm_livedb_params {
 int dbm_livedb_open(const struct dbm_livedb_params *p, struct dbm_livedb **out);
 void dbm_livedb_close(struct dbm_livedb *l); /* accepts NULL */
 
+/* The kernel did not offer the writeback cache after all (INIT): its files
+ * are served as without it. Call before any file is opened. */
+void dbm_livedb_writeback_off(struct dbm_livedb *l);
+
 /* Owner, group and permission bits files get (from the environment's config). */
 void dbm_livedb_set_owner(struct dbm_livedb *l, uid_t uid, gid_t gid, mode_t file_mode);
 /* Limits from the config (0: none): creating a database beyond max_dbs is

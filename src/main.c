@@ -335,6 +335,7 @@ int main(int argc, char *argv[])
         goto out_signals;
     }
     dbm_notice("dbmovefs %s serving %s on %s", DBM_VERSION, d->state_dir, mountpoint);
+    dbm_fusewb_mounted(wb);
     /* before the loop: the custom I/O must be in place when INIT is answered */
     struct dbm_fusepass *pass = dbm_fusepass_create(fuse_session_fd(se), pmode);
     d->pass = pass;
