@@ -723,15 +723,21 @@ static void wb_file_write_failed(struct base *b, int err)
                 b->l->env, b->name, strerror(err));
 }
 
+/* Writes all of buf, or fails: never a short count, which the kernel takes
+ * as written when it writes back its cache (a full disk dropped the rest of
+ * a checkpoint's write without an error). size or -errno. */
+static ssize_t write_whole(int fd, const void *buf, size_t size, off_t off)
+{
+    int rc = dbm_pwrite_all(fd, buf, size, off);
+    return rc < 0 ? rc : (ssize_t)size;
+}
+
 ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, off_t off)
 {
     struct dbfile *f = h->f;
     struct base *b = f->base;
-    if (f->kind == DBM_SQLFILE_SHM || f->kind == DBM_SQLFILE_SUPER) {
-        /* the wal-index and super-journals carry no history: plain pass-through */
-        ssize_t n = pwrite(f->fd, buf, size, off);
-        return n < 0 ? -errno : n;
-    }
+    if (f->kind == DBM_SQLFILE_SHM || f->kind == DBM_SQLFILE_SUPER) /* no history: plain pass-through */
+        return write_whole(f->fd, buf, size, off);
     int zeroed = f->kind == DBM_SQLFILE_JOURNAL && off == 0 && size >= 28 && !memcmp(buf, (char[28]){ 0 }, 28);
     /* PERSIST's commit (the journal's header zeroed): with the writeback
      * cache the transaction's pages may still be in the kernel; failing,
@@ -745,8 +751,7 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
         (f->kind == DBM_SQLFILE_WAL && __atomic_load_n(&b->wal_blind, __ATOMIC_ACQUIRE))) {
         /* an open handle of a removed file: write it, record nothing; a WAL
          * the kernel writes back (writeback cache): read at sync points */
-        ret = pwrite(f->fd, buf, size, off);
-        ret = ret < 0 ? -errno : ret;
+        ret = write_whole(f->fd, buf, size, off);
         goto out;
     }
     if (f->kind == DBM_SQLFILE_DB) {
@@ -781,9 +786,8 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
         ret = rc;
         goto out;
     }
-    ret = pwrite(f->fd, buf, size, off);
+    ret = write_whole(f->fd, buf, size, off);
     if (ret < 0) {
-        ret = -errno;
         if (f->kind == DBM_SQLFILE_DB && !b->journal_active)
             wb_file_write_failed(b, (int)-ret);
         goto out_db;
@@ -983,18 +987,26 @@ static void note_writer(struct dbfile *f)
         __atomic_store_n(&f->base->writer, dbm_lock_held_at(&f->locks, F_WRLCK, DBM_SHM_WRITE_LOCK), __ATOMIC_RELAXED);
 }
 
-/* The writeback cache's checks before a write lock is granted (a clear
- * error here, where SQLite hears of it, rather than a write the kernel sends
- * later and nobody waits for): a write transaction (RESERVED, or WAL's WRITE)
- * needs room in the state directory. */
-static int wb_lock_check(struct dbfile *f, uint64_t start, uint64_t end)
+/* The writeback cache's checks before owner's write lock is granted (a
+ * clear error here, where SQLite hears of it, rather than a write the kernel
+ * sends later and nobody waits for): a write transaction (RESERVED, or WAL's
+ * WRITE) needs room in the state directory. */
+static int wb_lock_check(struct dbfile *f, uint64_t owner, uint64_t start, uint64_t end)
 {
     struct base *b = f->base;
     if (f->kind == DBM_SQLFILE_SHM && start <= DBM_SHM_CKPT_LOCK && end >= DBM_SHM_CKPT_LOCK)
         __atomic_store_n(&b->db_clean, 0, __ATOMIC_RELEASE); /* a checkpoint writes the database */
     if (f->kind == DBM_SQLFILE_SHM && start == DBM_SHM_WRITE_LOCK && end == DBM_SHM_WRITE_LOCK) {
         __atomic_store_n(&b->wal_clean, 0, __ATOMIC_RELEASE); /* a new writer: nothing it writes is synced yet */
-        return dbm_wb_room(b->l, b->name);
+        /* a write transaction takes WRITE inside a read transaction (a read
+         * mark held); a wal-index recovery, or a checkpoint, takes it without
+         * one and appends nothing to the WAL: a full disk must not stop the
+         * readers that recover the wal-index (a WAL kept by a failed
+         * checkpoint needs it at every first open) */
+        pthread_mutex_lock(&f->mu);
+        int reading = dbm_lock_owner_holds(&f->locks, owner, DBM_SHM_READ_FIRST, DBM_SHM_READ_LAST);
+        pthread_mutex_unlock(&f->mu);
+        return reading ? dbm_wb_room(b->l, b->name) : 0;
     }
     if (f->kind == DBM_SQLFILE_DB && start <= DBM_RESERVED_BYTE && end >= DBM_RESERVED_BYTE) {
         __atomic_store_n(&b->db_clean, 0, __ATOMIC_RELEASE);
@@ -1042,7 +1054,7 @@ int dbm_livedb_setlk(struct dbm_dbhandle *h, uint64_t owner, const struct flock 
     uint64_t start, end;
     lock_range(fl, &start, &end);
     int rc, unjournaled = 0;
-    if (f->base->l->writeback && fl->l_type == F_WRLCK && (rc = wb_lock_check(f, start, end)) < 0)
+    if (f->base->l->writeback && fl->l_type == F_WRLCK && (rc = wb_lock_check(f, owner, start, end)) < 0)
         return rc;
     if (f->base->l->writeback) {
         unjournaled = wb_unjournaled_end(f, fl, start, end);

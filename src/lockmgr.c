@@ -109,6 +109,14 @@ size_t dbm_lock_release_owner(struct dbm_locktab *t, uint64_t owner)
     return dropped;
 }
 
+int dbm_lock_owner_holds(const struct dbm_locktab *t, uint64_t owner, uint64_t start, uint64_t end)
+{
+    for (size_t i = 0; i < t->n; i++)
+        if (t->v[i].owner == owner && t->v[i].start <= end && start <= t->v[i].end)
+            return 1;
+    return 0;
+}
+
 int dbm_lock_held_at(const struct dbm_locktab *t, short type, uint64_t off)
 {
     for (size_t i = 0; i < t->n; i++)

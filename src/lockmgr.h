@@ -37,5 +37,7 @@ int dbm_lock_set(struct dbm_locktab *t, uint64_t owner, pid_t pid, short type, u
 size_t dbm_lock_release_owner(struct dbm_locktab *t, uint64_t owner);
 /* 1 if any owner holds a lock of at least type covering byte off. */
 int dbm_lock_held_at(const struct dbm_locktab *t, short type, uint64_t off);
+/* 1 if owner holds any lock on a byte of [start, end]. */
+int dbm_lock_owner_holds(const struct dbm_locktab *t, uint64_t owner, uint64_t start, uint64_t end);
 
 #endif

@@ -104,6 +104,8 @@ static inline uint64_t dbm_wal_frame_off(uint32_t page_size, uint64_t i)
 #define DBM_SHM_WRITE_LOCK 120
 #define DBM_SHM_CKPT_LOCK 121
 #define DBM_SHM_RECOVER_LOCK 122
+#define DBM_SHM_READ_FIRST 123 /* READ0..READ4: a reader's mark */
+#define DBM_SHM_READ_LAST 127
 #define DBM_SHM_DMS_LOCK 128
 
 /* ---- names ---- */

@@ -397,6 +397,64 @@ def test_full_disk_refuses_commits_and_recovers(tmpbase):
         run("umount", state_fs, check=False)
 
 
+WAL_THEN_FILL = r"""
+import os, sqlite3, subprocess, sys
+db, sync, filler = sys.argv[1:4]
+c = sqlite3.connect(db, isolation_level=None)
+c.execute("pragma wal_autocheckpoint=0")  # the file grows only at the closing checkpoint
+c.execute("pragma synchronous=" + sync)
+for i in range(1, 101):
+    c.execute("insert into t values (?, randomblob(20000))", (i,))
+subprocess.run(["sh", "-c", "dd if=/dev/zero of=%s bs=64k 2>/dev/null" % filler])
+c.close()  # its checkpoint cannot grow the file: the WAL must stay
+"""
+
+
+@pytest.mark.parametrize("sync", ["FULL", "OFF"])
+def test_full_disk_at_a_checkpoint_keeps_the_wal_and_readers_read(tmpbase, sync):
+    # the last connection's checkpoint grows the file on a full disk. With
+    # synchronous=OFF SQLite syncs nothing and removes the WAL after it: the
+    # writes the kernel holds must reach the file first, whole (a short write
+    # was taken as written), or the WAL stays. A full disk must not stop the
+    # next reader, which rebuilds the wal-index under WAL's WRITE lock.
+    state_fs = os.path.join(tmpbase, "fs")
+    os.mkdir(state_fs)
+    run("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", state_fs)
+    try:
+        m = Mount(tmpbase)
+        run("cp", "-a", m.state, state_fs)  # the state on the small filesystem, the mountpoint not
+        m.state = os.path.join(state_fs, "state")
+        conf_path = os.path.join(m.state, "dbmovefs.conf")
+        conf = open(conf_path).read()
+        open(conf_path, "w").write(conf.replace("log_level = info\n", "log_level = info\nsegment_size = 1M\n", 1))
+        m.expect_error(r"w.db: the kernel's write-back to the database file failed \(No space left on device\)")
+        m.expect_error(r"w.db: the kernel could not write back what SQLite wrote: No space left on device")
+        m.expect_error(r"w.db: a write transaction is refused: the state directory's file system has")
+        m.expect_error(r"w.db: cannot record")
+        m.start()
+        try:
+            db = m.p("prod", "db", "w.db")
+            sql(db, "PRAGMA journal_mode=WAL; CREATE TABLE t(i INTEGER PRIMARY KEY, b);")
+            filler = os.path.join(state_fs, "filler")
+            run(PY, "-c", WAL_THEN_FILL, db, sync, filler, check=False)
+            assert os.path.exists(os.path.join(m.state, "envs", "prod", "db", "w.db-wal")), m.read_log()
+            q = "PRAGMA integrity_check; SELECT count(*), sum(length(b)) FROM t;"
+            assert sql(db, q).stdout.split() == ["ok", "100|2000000"]
+            p = sql(db, "INSERT INTO t VALUES (101, 'x');", check=False)
+            assert p.returncode != 0 and ("full" in p.stderr or "I/O" in p.stderr or "locked" in p.stderr), p.stderr
+            os.unlink(filler)
+            sql(db, "INSERT INTO t VALUES (101, 'x');")
+            m.stop()
+            m.start()  # whatever the file lacked is rewritten from the history
+            assert sql(db, q).stdout.split() == ["ok", "101|2000001"]
+        finally:
+            m.stop()
+        same_as_history(m, "prod", "w.db", tmpbase)
+        m.check_log()
+    finally:
+        run("umount", state_fs, check=False)
+
+
 @pytest.mark.parametrize("mode", ["delete", "wal"])
 def test_large_transaction_is_recorded_with_bounded_memory(new_mount, tmpbase, mode):
     from conftest import BIN

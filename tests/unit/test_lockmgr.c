@@ -160,6 +160,11 @@ static void check_answers(const struct dbm_locktab *t)
     for (int i = 0; i < 40; i++) {
         int a = (int)(rng() % NCELLS), b = a + (int)(rng() % (uint64_t)(NCELLS - a));
         int o = (int)(rng() % NOWNERS);
+        int holds = 0;
+        for (int c = a; c <= b; c++)
+            holds |= oracle[o][c] != C_NONE;
+        if (dbm_lock_owner_holds(t, owner_id(o), (uint64_t)a, b == TAIL ? DBM_LOCK_EOF : (uint64_t)b) != holds)
+            mismatches++;
         short type = rng() & 1 ? F_WRLCK : F_RDLCK;
         uint64_t end = b == TAIL ? DBM_LOCK_EOF : (uint64_t)b;
         if (dbm_lock_test(t, owner_id(o), type, (uint64_t)a, end, NULL) != oracle_conflict(o, type, a, b))
