@@ -180,7 +180,7 @@ static int read_dbhdr(struct base *b, struct dbm_dbhdr *h, uint64_t *size)
 /* A transaction being recorded in batches: memory stays at BATCH_PAGES
  * pages whatever the transaction's size. */
 #define BATCH_BYTES (1u << 20)
-#define WAL_KEEP_FRAMES 16 /* frames a capture keeps from its check for its record (64 KiB at 4 KiB pages) */
+#define WAL_CHUNK_BYTES (1u << 20) /* frames a capture reads at once, and keeps for its record */
 
 struct batch {
     struct base *b;
@@ -670,36 +670,45 @@ static int walref_cmp(const void *a, const void *b)
 /* Captures the next committed transaction of the WAL, if its frames are
  * complete and valid up to a commit frame at index <= limit. 1 if one was
  * recorded, 0 if none is complete, -errno. Frames not yet checked as they
- * were written are read and checked first (page numbers kept); then the last
- * frame of each page is read and recorded, a batch at a time. */
+ * were written are read (a chunk at a time) and checked first (page numbers
+ * kept); then the last frame of each page is recorded, a batch at a time. */
 static int wal_capture_one(struct base *b, uint64_t limit)
 {
     uint32_t ps = b->wh.page_size;
     size_t fsz = DBM_WAL_FRAME_HDR_SIZE + ps;
     struct walval *v = wv_get(b);
     int rc = 0;
-    /* the first frames read here are kept, so that a small transaction's
-     * pages are recorded from the bytes their checksums were checked on,
-     * without reading them again: [cached_from, cached_from + ncached) */
+    /* the last chunk read here is kept, so that the pages of a transaction
+     * that fits in one are recorded from the bytes their checksums were
+     * checked on, without reading them again: [cached_from, + ncached) */
     uint8_t *cache = NULL;
     uint64_t cached_from = v->end, ncached = 0;
     if (!v->commit_pages && v->end <= limit) {
-        uint64_t keep = limit - v->end < WAL_KEEP_FRAMES ? limit - v->end + 1 : WAL_KEEP_FRAMES;
-        cache = malloc((size_t)(keep + 1) * fsz); /* and one slot for the frames past them */
+        uint64_t per = WAL_CHUNK_BYTES / fsz ? WAL_CHUNK_BYTES / fsz : 1;
+        uint64_t cap = limit - v->end < per ? limit - v->end + 1 : per; /* limit may be UINT64_MAX */
+        cache = malloc((size_t)cap * fsz);
         if (!cache)
             return -ENOMEM;
-        for (uint64_t i = v->end; !v->commit_pages && i <= limit; i++) {
-            uint8_t *frame = cache + (size_t)(i - cached_from < keep ? i - cached_from : keep) * fsz;
-            if (dbm_pread_all(b->wal->fd, frame, fsz, (off_t)dbm_wal_frame_off(ps, i)) != (ssize_t)fsz)
-                break; /* not written yet */
-            if (i - cached_from < keep)
-                ncached = i - cached_from + 1;
-            if ((rc = wv_add(b, v, frame, frame + DBM_WAL_FRAME_HDR_SIZE)) != 1)
-                break; /* not complete (or a later generation's leftovers) */
-        }
-        if (rc < 0) {
-            free(cache);
-            return rc;
+        for (uint64_t i = v->end; !v->commit_pages && i <= limit;) {
+            uint64_t k = limit - i < cap ? limit - i + 1 : cap, got, j;
+            ssize_t r = dbm_pread_all(b->wal->fd, cache, (size_t)k * fsz, (off_t)dbm_wal_frame_off(ps, i));
+            got = r > 0 ? (uint64_t)r / fsz : 0; /* the frames past them are not written yet */
+            cached_from = i;
+            ncached = got;
+            for (j = 0; j < got; j++) {
+                uint8_t *frame = cache + (size_t)j * fsz;
+                if ((rc = wv_add(b, v, frame, frame + DBM_WAL_FRAME_HDR_SIZE)) != 1)
+                    break; /* not complete (or a later generation's leftovers) */
+                if (v->commit_pages)
+                    break;
+            }
+            if (rc < 0) {
+                free(cache);
+                return rc;
+            }
+            if (j < got || got < k)
+                break;
+            i += got;
         }
     }
     if (!v->commit_pages) {
@@ -840,6 +849,12 @@ int dbm_cap_wal_sync(struct base *b)
 {
     if (!b->wal || !__atomic_load_n(&b->wal_blind, __ATOMIC_ACQUIRE))
         return 0;
+    /* with the writeback cache every change of the file comes through us:
+     * unchanged since the last complete pass, it holds nothing new (in
+     * passthrough the kernel writes it without us) */
+    uint64_t writes = __atomic_load_n(&b->wal_writes, __ATOMIC_ACQUIRE);
+    if (b->l->writeback && b->wal_ok && writes == b->wal_seen)
+        return 0;
     /* SQLite may have rewritten any frame of an open transaction (it does,
      * within one) */
     wv_forget(b);
@@ -855,12 +870,16 @@ int dbm_cap_wal_sync(struct base *b)
     if (wsize < DBM_WAL_HDR_SIZE + fsz)
         return 0;
     uint64_t last = (wsize - DBM_WAL_HDR_SIZE) / fsz - 1;
-    if (last < b->next_frame)
+    if (last < b->next_frame) {
+        b->wal_seen = writes;
         return 0;
+    }
     while ((rc = wal_capture_one(b, last)) == 1)
         ;
     if (rc < 0 && b->wv.commit_pages)
         wal_unsign(b, b->wv.end - 1);
+    if (rc == 0)
+        b->wal_seen = writes; /* an open transaction's frames: its next write-back bumps it */
     return rc < 0 ? rc : 0;
 }
 

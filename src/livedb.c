@@ -96,6 +96,8 @@ static struct dbfile *file_add(struct dbm_livedb *l, const char *name)
     struct dbfile **slot = base_slot(b, kind);
     if (slot)
         *slot = f;
+    if (kind == DBM_SQLFILE_WAL)
+        __atomic_add_fetch(&b->wal_writes, 1, __ATOMIC_RELEASE);
     l->files[l->nfiles++] = f;
     return f;
 }
@@ -699,8 +701,10 @@ int dbm_livedb_truncate(struct dbm_livedb *l, uint64_t id, uint64_t size, struct
         rc = -errno;
         goto out;
     }
-    if (f->kind == DBM_SQLFILE_WAL)
+    if (f->kind == DBM_SQLFILE_WAL) {
+        __atomic_add_fetch(&b->wal_writes, 1, __ATOMIC_RELEASE);
         dbm_cap_wal_truncated(b, size);
+    }
 out:
     pthread_mutex_unlock(&b->mu);
     if (rc == 0) {
@@ -752,6 +756,8 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
         /* an open handle of a removed file: write it, record nothing; a WAL
          * the kernel writes back (writeback cache): read at sync points */
         ret = write_whole(f->fd, buf, size, off);
+        if (f->kind == DBM_SQLFILE_WAL && !f->unlinked)
+            __atomic_add_fetch(&b->wal_writes, 1, __ATOMIC_RELEASE);
         goto out;
     }
     if (f->kind == DBM_SQLFILE_DB) {

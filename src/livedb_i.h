@@ -113,6 +113,11 @@ struct base {
     int wal_blind;            /* (atomic) the WAL is open in passthrough: SQLite writes it
                                * without us, so capture reads it at sync points (dbm_cap_wal_sync) */
     int journal_blind;        /* (atomic) likewise for the journal (dbm_cap_journal_look, _sync) */
+    /* (atomic) writeback cache: bumped whenever the daemon changes the WAL's
+     * backing file (the kernel's write-backs of it, truncation, a new WAL);
+     * dbm_cap_wal_sync skips a WAL no write reached since its last pass
+     * (wal_seen): a checkpoint's database writes each ask for one */
+    uint64_t wal_writes, wal_seen;
     uint8_t jhdr_id[JHDR_ID_LEN]; /* the hot journal header's nonce and sizes (journal_blind) */
     /* deferred durability (durable.c) */
     int sh_fd;                /* capture/<name>.shadow, -1 until first used */
