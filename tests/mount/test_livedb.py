@@ -1,4 +1,5 @@
 """Live SQLite databases through the mount, every commit recorded (issue: backup engine)."""
+import contextlib
 import filecmp
 import os
 import sqlite3
@@ -348,53 +349,60 @@ def test_corrupt_history_reads_as_eio(new_mount, tmpbase):
     same_as_history(m, "prod", "x.db", tmpbase)
 
 
-def test_full_disk_refuses_commits_and_recovers(tmpbase):
+@contextlib.contextmanager
+def small_state_fs(tmpbase):
+    """A mount (not started) whose state directory is on a 24 MiB tmpfs, with
+    1 MiB store segments; the tmpfs is unmounted after the daemon stops.
+    Yields (mount, tmpfs directory)."""
     state_fs = os.path.join(tmpbase, "fs")
     os.mkdir(state_fs)
     run("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", state_fs)
+    m = None
     try:
-        os.makedirs(os.path.join(tmpbase, "mnt"), exist_ok=True)
-        m = Mount.__new__(Mount)
-        Mount.__init__(m, tmpbase)
-        # move the state onto the small filesystem
-        run("cp", "-a", m.state, state_fs)
+        m = Mount(tmpbase)
+        run("cp", "-a", m.state, state_fs)  # the state on the small filesystem, the mountpoint not
         m.state = os.path.join(state_fs, "state")
         conf_path = os.path.join(m.state, "dbmovefs.conf")
         conf = open(conf_path).read()
         assert "log_level = info\n" in conf
         open(conf_path, "w").write(conf.replace("log_level = info\n", "log_level = info\nsegment_size = 1M\n", 1))
+        yield m, state_fs
+    finally:
+        if m is not None:
+            m.stop()
+        run("umount", state_fs, check=False)
+
+
+def test_full_disk_refuses_commits_and_recovers(tmpbase):
+    with small_state_fs(tmpbase) as (m, state_fs):
         m.expect_error(r"cannot record a commit|No space left|disk|space")
         m.start()
-        try:
-            db = m.p("prod", "db", "f.db")
-            p = sql(db, "CREATE TABLE t(i INTEGER PRIMARY KEY, b);", check=False)
-            assert p.returncode == 0, m.read_log()
-            filler = os.path.join(state_fs, "filler")
-            run("sh", "-c", f"dd if=/dev/zero of={filler} bs=1M count=100 2>/dev/null || true")
-            run("rm", "-f", filler)
-            run("sh", "-c", f"dd if=/dev/zero of={filler} bs=1M count=14 2>/dev/null")
-            ok = 0
-            failed = None
-            for i in range(1, 400):
-                p = sql(db, f"INSERT INTO t VALUES ({i}, randomblob(200000));", check=False)
-                if p.returncode != 0:
-                    failed = p.stderr
-                    break
-                ok = i
-            assert failed is not None, "the disk never filled"
-            assert "full" in failed or "I/O" in failed, failed
-            # the daemon is alive and everything committed is there
-            assert "prod" in os.listdir(m.mnt)
-            assert sql(db, "PRAGMA integrity_check; SELECT count(*) FROM t;").stdout.split() == ["ok", str(ok)]
-            os.unlink(filler)
-            sql(db, f"INSERT INTO t VALUES ({ok + 1}, randomblob(1000));")
-            assert sql(db, "SELECT count(*) FROM t;").stdout.strip() == str(ok + 1)
-        finally:
-            m.stop()
+        db = m.p("prod", "db", "f.db")
+        p = sql(db, "CREATE TABLE t(i INTEGER PRIMARY KEY, b);", check=False)
+        assert p.returncode == 0, m.read_log()
+        filler = os.path.join(state_fs, "filler")
+        run("sh", "-c", f"dd if=/dev/zero of={filler} bs=1M count=100 2>/dev/null || true")
+        run("rm", "-f", filler)
+        run("sh", "-c", f"dd if=/dev/zero of={filler} bs=1M count=14 2>/dev/null")
+        ok = 0
+        failed = None
+        for i in range(1, 400):
+            p = sql(db, f"INSERT INTO t VALUES ({i}, randomblob(200000));", check=False)
+            if p.returncode != 0:
+                failed = p.stderr
+                break
+            ok = i
+        assert failed is not None, "the disk never filled"
+        assert "full" in failed or "I/O" in failed, failed
+        # the daemon is alive and everything committed is there
+        assert "prod" in os.listdir(m.mnt)
+        assert sql(db, "PRAGMA integrity_check; SELECT count(*) FROM t;").stdout.split() == ["ok", str(ok)]
+        os.unlink(filler)
+        sql(db, f"INSERT INTO t VALUES ({ok + 1}, randomblob(1000));")
+        assert sql(db, "SELECT count(*) FROM t;").stdout.strip() == str(ok + 1)
+        m.stop()
         same_as_history(m, "prod", "f.db", tmpbase)
         m.check_log()
-    finally:
-        run("umount", state_fs, check=False)
 
 
 WAL_THEN_FILL = r"""
@@ -417,42 +425,29 @@ def test_full_disk_at_a_checkpoint_keeps_the_wal_and_readers_read(tmpbase, sync)
     # writes the kernel holds must reach the file first, whole (a short write
     # was taken as written), or the WAL stays. A full disk must not stop the
     # next reader, which rebuilds the wal-index under WAL's WRITE lock.
-    state_fs = os.path.join(tmpbase, "fs")
-    os.mkdir(state_fs)
-    run("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", state_fs)
-    try:
-        m = Mount(tmpbase)
-        run("cp", "-a", m.state, state_fs)  # the state on the small filesystem, the mountpoint not
-        m.state = os.path.join(state_fs, "state")
-        conf_path = os.path.join(m.state, "dbmovefs.conf")
-        conf = open(conf_path).read()
-        open(conf_path, "w").write(conf.replace("log_level = info\n", "log_level = info\nsegment_size = 1M\n", 1))
+    with small_state_fs(tmpbase) as (m, state_fs):
         m.expect_error(r"w.db: the kernel's write-back to the database file failed \(No space left on device\)")
         m.expect_error(r"w.db: the kernel could not write back what SQLite wrote: No space left on device")
         m.expect_error(r"w.db: a write transaction is refused: the state directory's file system has")
         m.expect_error(r"w.db: cannot record")
         m.start()
-        try:
-            db = m.p("prod", "db", "w.db")
-            sql(db, "PRAGMA journal_mode=WAL; CREATE TABLE t(i INTEGER PRIMARY KEY, b);")
-            filler = os.path.join(state_fs, "filler")
-            run(PY, "-c", WAL_THEN_FILL, db, sync, filler, check=False)
-            assert os.path.exists(os.path.join(m.state, "envs", "prod", "db", "w.db-wal")), m.read_log()
-            q = "PRAGMA integrity_check; SELECT count(*), sum(length(b)) FROM t;"
-            assert sql(db, q).stdout.split() == ["ok", "100|2000000"]
-            p = sql(db, "INSERT INTO t VALUES (101, 'x');", check=False)
-            assert p.returncode != 0 and ("full" in p.stderr or "I/O" in p.stderr or "locked" in p.stderr), p.stderr
-            os.unlink(filler)
-            sql(db, "INSERT INTO t VALUES (101, 'x');")
-            m.stop()
-            m.start()  # whatever the file lacked is rewritten from the history
-            assert sql(db, q).stdout.split() == ["ok", "101|2000001"]
-        finally:
-            m.stop()
+        db = m.p("prod", "db", "w.db")
+        sql(db, "PRAGMA journal_mode=WAL; CREATE TABLE t(i INTEGER PRIMARY KEY, b);")
+        filler = os.path.join(state_fs, "filler")
+        run(PY, "-c", WAL_THEN_FILL, db, sync, filler, check=False)
+        assert os.path.exists(os.path.join(m.state, "envs", "prod", "db", "w.db-wal")), m.read_log()
+        q = "PRAGMA integrity_check; SELECT count(*), sum(length(b)) FROM t;"
+        assert sql(db, q).stdout.split() == ["ok", "100|2000000"]
+        p = sql(db, "INSERT INTO t VALUES (101, 'x');", check=False)
+        assert p.returncode != 0 and ("full" in p.stderr or "I/O" in p.stderr or "locked" in p.stderr), p.stderr
+        os.unlink(filler)
+        sql(db, "INSERT INTO t VALUES (101, 'x');")
+        m.stop()
+        m.start()  # whatever the file lacked is rewritten from the history
+        assert sql(db, q).stdout.split() == ["ok", "101|2000001"]
+        m.stop()
         same_as_history(m, "prod", "w.db", tmpbase)
         m.check_log()
-    finally:
-        run("umount", state_fs, check=False)
 
 
 @pytest.mark.parametrize("mode", ["delete", "wal"])
