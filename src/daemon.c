@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -17,6 +18,7 @@
 #include "livedb.h"
 #include "log.h"
 #include "pagestore.h"
+#include "reserve.h"
 #include "strutil.h"
 #include "timefmt.h"
 
@@ -114,7 +116,7 @@ static int env_attach(struct dbm_daemon *d, const struct dbm_env_conf *ec, char 
         e->changed_ns = dbm_now_ns();
         struct dbm_livedb_params lp = { .env = ec->name, .backing_dir = dir, .store = d->store, .cat = d->cat,
                                           .backing = &d->backing, .tag = (uint64_t)d->nenvs,
-                                          .writeback = d->writeback };
+                                          .writeback = d->writeback, .reserve = d->reserve };
         if ((rc = dbm_livedb_open(&lp, &e->live)) < 0) {
             free(e);
             snprintf(err, errsz, "environment %s: cannot open its databases: %s", ec->name, strerror(-rc));
@@ -235,6 +237,16 @@ int dbm_daemon_open(const char *state_dir, int writeback, struct dbm_daemon **ou
         snprintf(err, errsz, "%s: cannot open the export cache: %s", path, strerror(-rc));
         goto fail;
     }
+    if (writeback) {
+        int sfd = open(d->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        rc = sfd < 0 ? -errno : dbm_reserve_open(sfd, "reserve", &d->reserve);
+        if (sfd >= 0)
+            close(sfd);
+        if (rc < 0) {
+            snprintf(err, errsz, "%s/reserve: cannot open the space reserve: %s", d->state_dir, strerror(-rc));
+            goto fail;
+        }
+    }
     if ((rc = envs_apply(d, d->cfg, err, errsz)) < 0)
         goto fail;
     *out = d;
@@ -251,6 +263,26 @@ void dbm_daemon_writeback_off(struct dbm_daemon *d)
     for (int i = 0; i < d->nenvs; i++)
         dbm_livedb_writeback_off(d->envs[i]->live);
     pthread_rwlock_unlock(&d->cfg_lock);
+    if (d->reserve)
+        (void)dbm_reserve_set_target(d->reserve, 0); /* nothing to hold room for */
+}
+
+void dbm_daemon_reserve(struct dbm_daemon *d, uint64_t max_dirty)
+{
+    struct statvfs sv;
+    if (!d->reserve || !d->writeback || statvfs(d->state_dir, &sv) < 0)
+        return;
+    uint64_t want = 2 * max_dirty + (16ull << 20);
+    uint64_t cap = (uint64_t)sv.f_blocks * sv.f_frsize / 8;
+    if (want > cap)
+        want = cap;
+    int rc = dbm_reserve_set_target(d->reserve, want);
+    if (rc < 0)
+        dbm_warn("space reserve: cannot hold %llu bytes in %s/reserve (%s): write transactions wait until there is "
+                 "room", (unsigned long long)want, d->state_dir, strerror(-rc));
+    else
+        dbm_info("space reserve: %llu bytes held in %s/reserve for what the kernel caches", (unsigned long long)want,
+                 d->state_dir);
 }
 
 void dbm_daemon_close(struct dbm_daemon *d)
@@ -269,6 +301,7 @@ void dbm_daemon_close(struct dbm_daemon *d)
         free(d->envs[i]);
     }
     dbm_exports_close(d->exports);
+    dbm_reserve_close(d->reserve); /* the file stays: the next start holds it again */
     dbm_store_close(d->store);
     dbm_catalog_close(d->cat);
     dbm_config_free(d->cfg);

@@ -18,6 +18,8 @@ struct dbm_livedb;
 struct dbm_exports;
 struct dbm_uring;
 struct dbm_fusepass;
+struct dbm_fusewb;
+struct dbm_reserve;
 
 #include "livedb.h"
 
@@ -57,6 +59,7 @@ struct dbm_daemon {
     struct dbm_fusepass *pass;        /* passthrough, set by main; may be NULL */
     struct dbm_fusewb *wb;            /* the writeback cache, set by main; may be NULL */
     int writeback;                    /* the livedbs run with the writeback cache (set at open) */
+    struct dbm_reserve *reserve;      /* with writeback: space for the kernel's cached writes (reserve.h) */
     struct dbm_livedb_backing backing; /* every livedb's passthrough hooks (fsops sets them) */
     uid_t mount_uid;                  /* owner of README and status */
     gid_t mount_gid;
@@ -77,6 +80,10 @@ int dbm_daemon_open(const char *state_dir, int writeback, struct dbm_daemon **ou
 /* INIT: the kernel did not offer the writeback cache the environments were
  * opened for; they run without it. */
 void dbm_daemon_writeback_off(struct dbm_daemon *d);
+/* Once mounted, with the writeback cache: holds room for max_dirty bytes the
+ * kernel may keep of the mount (twice: written back, then recorded), at most
+ * an eighth of the state directory's file system (reserve.h). Logged. */
+void dbm_daemon_reserve(struct dbm_daemon *d, uint64_t max_dirty);
 void dbm_daemon_close(struct dbm_daemon *d); /* accepts NULL and half-built objects */
 /* Writes this process's pid into the lock file (again, after a fork). */
 void dbm_daemon_record_pid(struct dbm_daemon *d);

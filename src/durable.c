@@ -303,8 +303,9 @@ int dbm_dur_write(struct base *b, const void *buf, size_t size, off_t off)
         int rc = dbm_dur_go_legacy(b); /* VACUUM into a new page size: not worth a shadow */
         return rc < 0 ? rc : 0;
     }
-    if (dbm_pwrite_all(b->sh_fd, buf, size, off) < 0)
-        return -errno;
+    int rc = dbm_pwrite_all(b->sh_fd, buf, size, off); /* whole or not at all (dbm_wb_pwrite) */
+    if (rc < 0)
+        return rc;
     if ((uint64_t)off + size > b->sh_size)
         __atomic_store_n(&b->sh_size, (uint64_t)off + size, __ATOMIC_RELAXED);
     return 1;

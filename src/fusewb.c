@@ -295,6 +295,24 @@ void dbm_fusewb_mounted(struct dbm_fusewb *w)
     __atomic_store_n(&w->dev, dev, __ATOMIC_RELEASE);
 }
 
+uint64_t dbm_fusewb_max_dirty(const struct dbm_fusewb *w)
+{
+    uint64_t dev = w ? __atomic_load_n(&w->dev, __ATOMIC_ACQUIRE) : 0;
+    if (!dev)
+        return 0;
+    /* FUSE caps a mount's dirty pages (strict_limit): max_bytes, derived
+     * from its max_ratio (1%) of the dirty limit unless set */
+    char path[96];
+    snprintf(path, sizeof path, "/sys/class/bdi/%u:%u/max_bytes", major((dev_t)dev), minor((dev_t)dev));
+    FILE *f = fopen(path, "re");
+    unsigned long long v = 0;
+    if (!f || fscanf(f, "%llu", &v) != 1)
+        v = 0;
+    if (f)
+        fclose(f);
+    return v;
+}
+
 int dbm_fusewb_flush(struct dbm_fusewb *w, uint64_t ino)
 {
     struct req r = { .ino = ino, .size = -1, .op = OP_FLUSH };

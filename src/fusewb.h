@@ -56,6 +56,9 @@ int dbm_fusewb_start(struct dbm_fusewb *w);
 /* Once mounted: notes the mount's device (/proc/self/mountinfo), which the
  * helper checks the mountpoint against before each request. */
 void dbm_fusewb_mounted(struct dbm_fusewb *w);
+/* The most the kernel keeps unwritten of the mount (its bdi's max_bytes,
+ * once mounted), or 0 if unknown. */
+uint64_t dbm_fusewb_max_dirty(const struct dbm_fusewb *w);
 /* Has the kernel write back what it caches of inode ino of the mount: 0, or
  * -errno (a write-back the daemon refused: -EIO or -ENOSPC; no helper). */
 int dbm_fusewb_flush(struct dbm_fusewb *w, uint64_t ino);

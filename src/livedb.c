@@ -17,6 +17,7 @@
 
 #include "livedb_i.h"
 #include "log.h"
+#include "reserve.h"
 #include "pagestore.h"
 #include "strutil.h"
 #include "sysio.h"
@@ -153,6 +154,7 @@ int dbm_livedb_open(const struct dbm_livedb_params *p, struct dbm_livedb **out)
     l->cat = p->cat;
     l->backing = p->backing;
     l->writeback = p->writeback;
+    l->reserve = p->reserve;
     l->tag = p->tag;
     l->fmode = 0644;
     dbm_strlcpy(l->env, p->env, sizeof l->env);
@@ -560,6 +562,8 @@ int dbm_livedb_handle_passthrough(struct dbm_dbhandle *h, int *cacheable)
     return id;
 }
 
+#define SYNC_POINT_ROOM (2ull << 20) /* reserve given to a commit's record at a time */
+
 /* Passthrough: records what SQLite wrote to the WAL (wal) or journal behind
  * our back, before an operation that follows a commit or may overwrite one
  * (capture.c). A failure is logged: the commit stays pending (in the WAL,
@@ -573,9 +577,13 @@ static void sync_point(struct base *b, int wal, const char *what)
      * point tries again) */
     if (wal && dbm_wb_flush_slot(b, &b->wal, 0) < 0)
         return;
-    pthread_mutex_lock(&b->mu);
-    int rc = wal ? dbm_cap_wal_sync(b) : dbm_cap_journal_sync(b, 0);
-    pthread_mutex_unlock(&b->mu);
+    int rc;
+    do {
+        pthread_mutex_lock(&b->mu);
+        rc = wal ? dbm_cap_wal_sync(b) : dbm_cap_journal_sync(b, 0);
+        pthread_mutex_unlock(&b->mu);
+        /* SQLite counted the commit done: its record may take the reserve */
+    } while (rc == -ENOSPC && b->l->writeback && dbm_reserve_release(b->l->reserve, SYNC_POINT_ROOM));
     if (rc < 0)
         dbm_err("%s/%s: cannot record a commit %s: %s; retried at the next one", b->l->env, b->name, what,
                 strerror(-rc));
@@ -729,10 +737,14 @@ static void wb_file_write_failed(struct base *b, int err)
 
 /* Writes all of buf, or fails: never a short count, which the kernel takes
  * as written when it writes back its cache (a full disk dropped the rest of
- * a checkpoint's write without an error). size or -errno. */
-static ssize_t write_whole(int fd, const void *buf, size_t size, off_t off)
+ * a checkpoint's write-back without an error). counted: SQLite may count
+ * the write done without a request the daemon could fail (the WAL, the
+ * wal-index): with the writeback cache it may take the space reserve
+ * (dbm_wb_pwrite). A database write never does: its commit point, or the
+ * WAL a checkpoint keeps, answers for it. size or -errno. */
+static ssize_t write_whole(struct dbm_livedb *l, int fd, const void *buf, size_t size, off_t off, int counted)
 {
-    int rc = dbm_pwrite_all(fd, buf, size, off);
+    int rc = counted ? dbm_wb_pwrite(l, fd, buf, size, off) : dbm_pwrite_all(fd, buf, size, off);
     return rc < 0 ? rc : (ssize_t)size;
 }
 
@@ -741,7 +753,7 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
     struct dbfile *f = h->f;
     struct base *b = f->base;
     if (f->kind == DBM_SQLFILE_SHM || f->kind == DBM_SQLFILE_SUPER) /* no history: plain pass-through */
-        return write_whole(f->fd, buf, size, off);
+        return write_whole(b->l, f->fd, buf, size, off, 1);
     int zeroed = f->kind == DBM_SQLFILE_JOURNAL && off == 0 && size >= 28 && !memcmp(buf, (char[28]){ 0 }, 28);
     /* PERSIST's commit (the journal's header zeroed): with the writeback
      * cache the transaction's pages may still be in the kernel; failing,
@@ -755,7 +767,7 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
         (f->kind == DBM_SQLFILE_WAL && __atomic_load_n(&b->wal_blind, __ATOMIC_ACQUIRE))) {
         /* an open handle of a removed file: write it, record nothing; a WAL
          * the kernel writes back (writeback cache): read at sync points */
-        ret = write_whole(f->fd, buf, size, off);
+        ret = write_whole(b->l, f->fd, buf, size, off, f->kind == DBM_SQLFILE_WAL && !f->unlinked);
         if (f->kind == DBM_SQLFILE_WAL && !f->unlinked)
             __atomic_add_fetch(&b->wal_writes, 1, __ATOMIC_RELEASE);
         goto out;
@@ -792,7 +804,7 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
         ret = rc;
         goto out;
     }
-    ret = write_whole(f->fd, buf, size, off);
+    ret = write_whole(b->l, f->fd, buf, size, off, f->kind == DBM_SQLFILE_WAL);
     if (ret < 0) {
         if (f->kind == DBM_SQLFILE_DB && !b->journal_active)
             wb_file_write_failed(b, (int)-ret);

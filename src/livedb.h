@@ -21,6 +21,7 @@ struct dbm_dbhandle;
 struct dbm_store;
 struct dbm_catalog;
 struct dbm_sbuf;
+struct dbm_reserve;
 
 /* What the FUSE glue provides: passthrough backing files (fusepass.h), and
  * with the writeback cache a way to reach the kernel's copy of a file. */
@@ -49,6 +50,7 @@ struct dbm_livedb_params {
      * daemon when a file is synced, closed or written back, so every commit
      * point first makes the kernel write back what it holds (livewb.c). */
     int writeback;
+    struct dbm_reserve *reserve; /* borrowed, may be NULL; outlives the livedb (reserve.h) */
 };
 int dbm_livedb_open(const struct dbm_livedb_params *p, struct dbm_livedb **out);
 void dbm_livedb_close(struct dbm_livedb *l); /* accepts NULL */

@@ -182,6 +182,7 @@ struct dbm_livedb {
     uint32_t max_dbs;         /* 0: no limit */
     uint64_t max_db_bytes;    /* 0: no limit */
     int writeback;            /* the kernel caches writes (livewb.c); set at open */
+    struct dbm_reserve *reserve; /* borrowed, may be NULL: room for the kernel's cached writes */
     uint64_t tag;             /* for backing->wb_flush and wb_reset */
 };
 
@@ -225,6 +226,12 @@ void dbm_wb_txn_cut(struct base *b, uint64_t size); /* the database truncated to
 /* Whether [off, off + size) holds a refused write (any, with size 0). */
 int dbm_wb_txn_lost(const struct base *b, uint64_t off, uint64_t size);
 void dbm_wb_txn_clear(struct base *b); /* the transaction ended */
+/* Writes all of buf at off in fd (a WAL's or wal-index's backing file), or
+ * fails: never a short count, which the kernel takes as written when it
+ * writes its cache back. With the writeback cache a full disk first takes
+ * room from the space reserve (reserve.h): SQLite may have counted the write
+ * done. 0 or -errno. */
+int dbm_wb_pwrite(struct dbm_livedb *l, int fd, const void *buf, size_t size, off_t off);
 /* Whether a new write transaction may start: with the writeback cache a full
  * disk is seen when the kernel writes back, too late for SQLite to hear of it
  * with synchronous=OFF, so a transaction does not start while the state

@@ -18,6 +18,7 @@
 
 #include "livedb_i.h"
 #include "log.h"
+#include "reserve.h"
 #include "strutil.h"
 #include "sysio.h"
 
@@ -47,10 +48,28 @@ int dbm_wb_flush_slot(struct base *b, struct dbfile **slot, int force)
     return rc;
 }
 
+int dbm_wb_pwrite(struct dbm_livedb *l, int fd, const void *buf, size_t size, off_t off)
+{
+    for (;;) {
+        int rc = dbm_pwrite_all(fd, buf, size, off); /* whole or not at all: see livedb_i.h */
+        if (rc != -ENOSPC || !l->writeback || !dbm_reserve_release(l->reserve, size))
+            return rc;
+    }
+}
+
 int dbm_wb_room(struct dbm_livedb *l, const char *name)
 {
     struct statvfs sv;
-    if (!l->writeback || fstatvfs(l->dirfd, &sv) < 0)
+    if (!l->writeback)
+        return 0;
+    if (dbm_reserve_refill(l->reserve) < 0) {
+        dbm_err("%s/%s: a write transaction is refused: the state directory's file system has no room to make the "
+                "space reserve whole again (what SQLite writes is held by the kernel and written later, so room for it "
+                "is kept first); free some space",
+                l->env, name);
+        return -ENOSPC;
+    }
+    if (fstatvfs(l->dirfd, &sv) < 0)
         return 0;
     unsigned long long fs = (unsigned long long)sv.f_blocks * sv.f_frsize;
     unsigned long long free = (unsigned long long)sv.f_bavail * sv.f_frsize;

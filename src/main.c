@@ -336,6 +336,8 @@ int main(int argc, char *argv[])
     }
     dbm_notice("dbmovefs %s serving %s on %s", DBM_VERSION, d->state_dir, mountpoint);
     dbm_fusewb_mounted(wb);
+    uint64_t max_dirty = dbm_fusewb_max_dirty(wb);
+    dbm_daemon_reserve(d, max_dirty ? max_dirty : 64ull << 20); /* unknown: FUSE's usual cap on a big machine */
     /* before the loop: the custom I/O must be in place when INIT is answered */
     struct dbm_fusepass *pass = dbm_fusepass_create(fuse_session_fd(se), pmode);
     d->pass = pass;

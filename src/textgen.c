@@ -11,6 +11,7 @@
 #include "catalog.h"
 #include "config.h"
 #include "daemon.h"
+#include "reserve.h"
 #include "dbm_config.h"
 #include "exports.h"
 #include "fusepass.h"
@@ -60,6 +61,7 @@ void dbm_text_root_status(struct dbm_daemon *d, struct dbm_sbuf *b)
     dbm_uring_report(d->uring, b);
     dbm_fusepass_report(d->pass, b);
     dbm_fusewb_report(d->wb, b);
+    dbm_reserve_report(d->reserve, b); /* NULL without the writeback cache */
     pthread_rwlock_rdlock(&d->cfg_lock);
     dbm_sbuf_kv(b, "config", "%s", d->cfg->path);
     dbm_sbuf_kv(b, "config_reloads", "%llu", (unsigned long long)d->reloads);

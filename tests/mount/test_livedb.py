@@ -450,6 +450,66 @@ def test_full_disk_at_a_checkpoint_keeps_the_wal_and_readers_read(tmpbase, sync)
         m.check_log()
 
 
+FILL_DURING_WAL_COMMIT = r"""
+import sqlite3, subprocess, sys
+db, sync, filler = sys.argv[1:4]
+c = sqlite3.connect(db, isolation_level=None)
+c.execute("pragma synchronous=" + sync)
+out = []
+try:
+    c.execute("begin")
+    for i in range(1, 41):
+        c.execute("insert into t values (?, randomblob(20000))", (i,))
+    # another program fills the disk while SQLite's writes wait in the kernel
+    subprocess.run(["sh", "-c", "dd if=/dev/zero of=%s bs=64k 2>/dev/null" % filler])
+    c.execute("commit")
+    out.append("committed")
+except sqlite3.Error as e:
+    out.append("failed: %s" % e)
+for conn in (c, sqlite3.connect(db)):
+    out.append("%s %d" % (conn.execute("pragma integrity_check").fetchone()[0],
+                          conn.execute("select count(*) from t").fetchone()[0]))
+print("; ".join(out))
+"""
+
+
+@pytest.mark.parametrize("sync", ["NORMAL", "OFF"])
+def test_full_disk_keeps_a_wal_commit_sqlite_counted_done(tmpbase, sync):
+    # WAL with synchronous NORMAL or OFF: SQLite's COMMIT returns before its
+    # frames reach the daemon (the writeback cache). If the disk fills
+    # meanwhile, their write-back and their record take the space reserve:
+    # the commit is kept, and nobody reads a frame that was never written
+    # (before the reserve: "database disk image is malformed", then the
+    # commit was gone after a restart)
+    with small_state_fs(tmpbase) as (m, state_fs):
+        m.expect_error(r"pagestore: .*No space left on device")
+        m.expect_error(r"w.db: the kernel's write-back to the database file failed")  # a closing checkpoint
+        m.expect_error(r"w.db: the kernel could not write back what SQLite wrote")
+        m.expect_error(r"w.db: a write transaction is refused: the state directory's file system has no room")
+        m.expect_error(r"w.db: a write transaction is refused: the state directory's file system has")
+        m.start()
+        db = m.p("prod", "db", "w.db")
+        sql(db, "PRAGMA journal_mode=WAL; CREATE TABLE t(i INTEGER PRIMARY KEY, b); INSERT INTO t VALUES (0, 'x');")
+        filler = os.path.join(state_fs, "filler")
+        out = run(PY, "-c", FILL_DURING_WAL_COMMIT, db, sync, filler).stdout.strip()
+        rows = 41 if out.startswith("committed") else 1
+        if m.writeback():
+            assert out == "committed; ok 41; ok 41", out + m.read_log()
+        else:  # the write itself fails, and SQLite rolls back
+            assert out.endswith("; ok 1; ok 1"), out
+        assert "space_reserve: " in open(m.p("status")).read()
+        p = sql(db, "INSERT INTO t VALUES (100, 'x');", check=False)
+        assert p.returncode != 0, "a write transaction started on a full disk"
+        os.unlink(filler)
+        sql(db, "INSERT INTO t VALUES (100, 'x');")
+        m.stop()
+        m.start()
+        assert sql(db, "PRAGMA integrity_check; SELECT count(*) FROM t;").stdout.split() == ["ok", str(rows + 1)]
+        m.stop()
+        same_as_history(m, "prod", "w.db", tmpbase)
+        m.check_log()
+
+
 @pytest.mark.parametrize("mode", ["delete", "wal"])
 def test_large_transaction_is_recorded_with_bounded_memory(new_mount, tmpbase, mode):
     from conftest import BIN

@@ -1,0 +1,122 @@
+/* reserve.c - see reserve.h.
+ *
+ * The file's size is what it holds: it grows a MiB at a time with
+ * fallocate (so a full disk leaves it at a whole MiB, with no blocks past
+ * its end) and shrinks with ftruncate, which frees the blocks at once. */
+#include "reserve.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "strutil.h"
+
+#define STEP (1ull << 20)
+
+struct dbm_reserve {
+    pthread_mutex_t mu;   /* protects what follows; leaf */
+    int fd;
+    uint64_t target, have;
+};
+
+int dbm_reserve_open(int dirfd, const char *name, struct dbm_reserve **out)
+{
+    struct dbm_reserve *r = calloc(1, sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    pthread_mutex_init(&r->mu, NULL);
+    r->fd = openat(dirfd, name, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    struct stat st;
+    if (r->fd < 0 || fstat(r->fd, &st) < 0) {
+        int e = errno;
+        dbm_reserve_close(r);
+        return -e;
+    }
+    r->have = (uint64_t)st.st_size;
+    *out = r;
+    return 0;
+}
+
+void dbm_reserve_close(struct dbm_reserve *r)
+{
+    if (!r)
+        return;
+    if (r->fd >= 0)
+        close(r->fd);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+/* Grows towards the target a MiB at a time. r->mu held. */
+static int grow(struct dbm_reserve *r)
+{
+    while (r->have < r->target) {
+        if (fallocate(r->fd, 0, (off_t)r->have, (off_t)STEP) < 0)
+            return errno == ENOSPC ? -ENOSPC : -errno;
+        r->have += STEP;
+    }
+    return 0;
+}
+
+int dbm_reserve_set_target(struct dbm_reserve *r, uint64_t bytes)
+{
+    pthread_mutex_lock(&r->mu);
+    r->target = (bytes + STEP - 1) / STEP * STEP;
+    int rc = 0;
+    if (r->have > r->target) {
+        if (ftruncate(r->fd, (off_t)r->target) < 0)
+            rc = -errno;
+        else
+            r->have = r->target;
+    }
+    if (rc == 0)
+        rc = grow(r);
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
+int dbm_reserve_release(struct dbm_reserve *r, uint64_t n)
+{
+    if (!r)
+        return 0;
+    pthread_mutex_lock(&r->mu);
+    uint64_t step = (n + STEP - 1) / STEP * STEP;
+    uint64_t to = r->have > step ? r->have - step : 0;
+    int freed = r->have > 0 && ftruncate(r->fd, (off_t)to) == 0;
+    uint64_t gave = freed ? r->have - to : 0;
+    if (freed)
+        r->have = to;
+    pthread_mutex_unlock(&r->mu);
+    if (freed)
+        dbm_warn("the state directory's file system is full: %llu bytes of the space reserve went to writes SQLite "
+                 "already counted done (%llu left); new write transactions wait until it is whole again",
+                 (unsigned long long)gave, (unsigned long long)to);
+    return freed;
+}
+
+int dbm_reserve_refill(struct dbm_reserve *r)
+{
+    if (!r)
+        return 0;
+    pthread_mutex_lock(&r->mu);
+    int rc = grow(r); /* no system call when whole */
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
+void dbm_reserve_report(struct dbm_reserve *r, struct dbm_sbuf *b)
+{
+    if (!r) {
+        dbm_sbuf_kv(b, "space_reserve", "off");
+        return;
+    }
+    pthread_mutex_lock(&r->mu);
+    uint64_t have = r->have, target = r->target;
+    pthread_mutex_unlock(&r->mu);
+    dbm_sbuf_kv(b, "space_reserve", "%llu of %llu bytes", (unsigned long long)have, (unsigned long long)target);
+}
