@@ -237,16 +237,21 @@ int dbm_daemon_open(const char *state_dir, int writeback, struct dbm_daemon **ou
         snprintf(err, errsz, "%s: cannot open the export cache: %s", path, strerror(-rc));
         goto fail;
     }
+    int sfd = open(d->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (!writeback && sfd >= 0)
+        unlinkat(sfd, DBM_RESERVE_FILE, 0); /* a run with the cache left it: nothing to hold room for now */
     if (writeback) {
-        int sfd = open(d->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        rc = sfd < 0 ? -errno : dbm_reserve_open(sfd, "reserve", &d->reserve);
-        if (sfd >= 0)
-            close(sfd);
+        rc = sfd < 0 ? -errno : dbm_reserve_open(sfd, DBM_RESERVE_FILE, &d->reserve);
         if (rc < 0) {
-            snprintf(err, errsz, "%s/reserve: cannot open the space reserve: %s", d->state_dir, strerror(-rc));
+            if (sfd >= 0)
+                close(sfd);
+            snprintf(err, errsz, "%s/%s: cannot open the space reserve: %s", d->state_dir, DBM_RESERVE_FILE,
+                     strerror(-rc));
             goto fail;
         }
     }
+    if (sfd >= 0)
+        close(sfd);
     if ((rc = envs_apply(d, d->cfg, err, errsz)) < 0)
         goto fail;
     *out = d;
@@ -278,11 +283,11 @@ void dbm_daemon_reserve(struct dbm_daemon *d, uint64_t max_dirty)
         want = cap;
     int rc = dbm_reserve_set_target(d->reserve, want);
     if (rc < 0)
-        dbm_warn("space reserve: cannot hold %llu bytes in %s/reserve (%s): write transactions wait until there is "
-                 "room", (unsigned long long)want, d->state_dir, strerror(-rc));
+        dbm_warn("space reserve: cannot hold %llu bytes in %s/%s (%s): write transactions wait until there is "
+                 "room", (unsigned long long)want, d->state_dir, DBM_RESERVE_FILE, strerror(-rc));
     else
-        dbm_info("space reserve: %llu bytes held in %s/reserve for what the kernel caches", (unsigned long long)want,
-                 d->state_dir);
+        dbm_info("space reserve: %llu bytes held in %s/%s for what the kernel caches", (unsigned long long)want,
+                 d->state_dir, DBM_RESERVE_FILE);
 }
 
 void dbm_daemon_close(struct dbm_daemon *d)

@@ -24,6 +24,7 @@ struct dbm_reserve;
 #include "livedb.h"
 
 #define DBM_LOCK_FILE "lock"
+#define DBM_RESERVE_FILE "reserve" /* reserve.h */
 
 /* One environment's runtime. Created when the config first declares it and
  * kept until the daemon exits (so inode numbers stay meaningful); conf is

@@ -15,6 +15,7 @@
 
 #include "log.h"
 #include "strutil.h"
+#include "sysio.h"
 
 #define STEP (1ull << 20)
 
@@ -52,12 +53,32 @@ void dbm_reserve_close(struct dbm_reserve *r)
     free(r);
 }
 
+/* Allocates [off, off + STEP) of the file: fallocate, or zeros written
+ * where the file system has no fallocate. 0 or -errno. */
+static int alloc_step(int fd, uint64_t off)
+{
+    if (fallocate(fd, 0, (off_t)off, (off_t)STEP) == 0)
+        return 0;
+    if (errno != EOPNOTSUPP)
+        return -errno;
+    static const char zeros[64 << 10];
+    for (uint64_t done = 0; done < STEP; done += sizeof zeros) {
+        int rc = dbm_pwrite_all(fd, zeros, sizeof zeros, (off_t)(off + done));
+        if (rc < 0) {
+            (void)!ftruncate(fd, (off_t)off); /* nothing half-held */
+            return rc;
+        }
+    }
+    return 0;
+}
+
 /* Grows towards the target a MiB at a time. r->mu held. */
 static int grow(struct dbm_reserve *r)
 {
     while (r->have < r->target) {
-        if (fallocate(r->fd, 0, (off_t)r->have, (off_t)STEP) < 0)
-            return errno == ENOSPC ? -ENOSPC : -errno;
+        int rc = alloc_step(r->fd, r->have);
+        if (rc < 0)
+            return rc;
         r->have += STEP;
     }
     return 0;
