@@ -108,15 +108,17 @@ int dbm_reserve_release(struct dbm_reserve *r, uint64_t n)
     pthread_mutex_lock(&r->mu);
     uint64_t step = (n + STEP - 1) / STEP * STEP;
     uint64_t to = r->have > step ? r->have - step : 0;
+    int whole = r->have >= r->target;
     int freed = r->have > 0 && ftruncate(r->fd, (off_t)to) == 0;
-    uint64_t gave = freed ? r->have - to : 0;
     if (freed)
         r->have = to;
     pthread_mutex_unlock(&r->mu);
-    if (freed)
-        dbm_warn("the state directory's file system is full: %llu bytes of the space reserve went to writes SQLite "
-                 "already counted done (%llu left); new write transactions wait until it is whole again",
-                 (unsigned long long)gave, (unsigned long long)to);
+    /* once as it starts to drain, once as it runs out: not at every write */
+    if (freed && whole)
+        dbm_warn("the state directory's file system is full: the space reserve goes to writes SQLite already counted "
+                 "done; new write transactions wait until it is whole again");
+    if (freed && to == 0)
+        dbm_warn("the space reserve is used up: writes SQLite counted done fail from now on until there is room");
     return freed;
 }
 
