@@ -295,13 +295,13 @@ void dbm_fusewb_mounted(struct dbm_fusewb *w)
     __atomic_store_n(&w->dev, dev, __ATOMIC_RELEASE);
 }
 
-uint64_t dbm_fusewb_max_dirty(const struct dbm_fusewb *w)
+uint64_t dbm_fusewb_cap_dirty(const struct dbm_fusewb *w, uint64_t cap)
 {
     uint64_t dev = w ? __atomic_load_n(&w->dev, __ATOMIC_ACQUIRE) : 0;
     if (!dev)
         return 0;
     /* FUSE caps a mount's dirty pages (strict_limit): max_bytes, derived
-     * from its max_ratio (1%) of the dirty limit unless set */
+     * from its max_ratio (1%) of the dirty limit unless set (Linux 6.2+) */
     char path[96];
     snprintf(path, sizeof path, "/sys/class/bdi/%u:%u/max_bytes", major((dev_t)dev), minor((dev_t)dev));
     FILE *f = fopen(path, "re");
@@ -310,6 +310,13 @@ uint64_t dbm_fusewb_max_dirty(const struct dbm_fusewb *w)
         v = 0;
     if (f)
         fclose(f);
+    if (v > cap && (f = fopen(path, "we"))) {
+        /* a big machine's 1% would make a big space reserve: the batches
+         * the cache is for need far less */
+        int ok = fprintf(f, "%llu\n", (unsigned long long)cap) > 0;
+        if (fclose(f) == 0 && ok)
+            v = cap;
+    }
     return v;
 }
 

@@ -34,6 +34,9 @@ enum dbm_wb_mode { DBM_WB_OFF, DBM_WB_AUTO };
  * that has the kernel write a file back holds its thread while others serve
  * the writes (and other commit points wait meanwhile). */
 #define DBM_WB_MIN_THREADS 8
+/* The most a mount may have the kernel keep unwritten: the space reserve
+ * holds twice that (reserve.h). */
+#define DBM_WB_MAX_DIRTY (64ull << 20)
 
 /* Decides whether the cache is used (auto: unless threads, the /dev/fuse
  * loop's, is below DBM_WB_MIN_THREADS (0: single-threaded, -s), or without
@@ -57,8 +60,9 @@ int dbm_fusewb_start(struct dbm_fusewb *w);
  * helper checks the mountpoint against before each request. */
 void dbm_fusewb_mounted(struct dbm_fusewb *w);
 /* The most the kernel keeps unwritten of the mount (its bdi's max_bytes,
- * once mounted), or 0 if unknown. */
-uint64_t dbm_fusewb_max_dirty(const struct dbm_fusewb *w);
+ * once mounted), lowered to cap if it was more and the kernel lets us; 0 if
+ * unknown. */
+uint64_t dbm_fusewb_cap_dirty(const struct dbm_fusewb *w, uint64_t cap);
 /* Has the kernel write back what it caches of inode ino of the mount: 0, or
  * -errno (a write-back the daemon refused: -EIO or -ENOSPC; no helper). */
 int dbm_fusewb_flush(struct dbm_fusewb *w, uint64_t ino);

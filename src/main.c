@@ -336,8 +336,8 @@ int main(int argc, char *argv[])
     }
     dbm_notice("dbmovefs %s serving %s on %s", DBM_VERSION, d->state_dir, mountpoint);
     dbm_fusewb_mounted(wb);
-    uint64_t max_dirty = dbm_fusewb_max_dirty(wb);
-    dbm_daemon_reserve(d, max_dirty ? max_dirty : 64ull << 20); /* unknown: FUSE's usual cap on a big machine */
+    uint64_t max_dirty = dbm_fusewb_cap_dirty(wb, DBM_WB_MAX_DIRTY);
+    dbm_daemon_reserve(d, max_dirty ? max_dirty : DBM_WB_MAX_DIRTY); /* unknown: at most that, as set */
     /* before the loop: the custom I/O must be in place when INIT is answered */
     struct dbm_fusepass *pass = dbm_fusepass_create(fuse_session_fd(se), pmode);
     d->pass = pass;
