@@ -72,6 +72,10 @@ static struct dbfile **base_slot(struct base *b, enum dbm_sqlfile kind)
     }
 }
 
+/* The WAL's backing file changed (a write-back, a truncation, a new file):
+ * dbm_cap_wal_sync looks at it again (livedb_i.h). */
+static void wal_changed(struct base *b) { __atomic_add_fetch(&b->wal_writes, 1, __ATOMIC_RELEASE); }
+
 /* Adds a file object for an existing backing file. l->mu held. */
 static struct dbfile *file_add(struct dbm_livedb *l, const char *name)
 {
@@ -98,7 +102,7 @@ static struct dbfile *file_add(struct dbm_livedb *l, const char *name)
     if (slot)
         *slot = f;
     if (kind == DBM_SQLFILE_WAL)
-        __atomic_add_fetch(&b->wal_writes, 1, __ATOMIC_RELEASE);
+        wal_changed(b);
     l->files[l->nfiles++] = f;
     return f;
 }
@@ -710,7 +714,7 @@ int dbm_livedb_truncate(struct dbm_livedb *l, uint64_t id, uint64_t size, struct
         goto out;
     }
     if (f->kind == DBM_SQLFILE_WAL) {
-        __atomic_add_fetch(&b->wal_writes, 1, __ATOMIC_RELEASE);
+        wal_changed(b);
         dbm_cap_wal_truncated(b, size);
     }
 out:
@@ -753,7 +757,7 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
     struct dbfile *f = h->f;
     struct base *b = f->base;
     if (f->kind == DBM_SQLFILE_SHM || f->kind == DBM_SQLFILE_SUPER) /* no history: plain pass-through */
-        return write_whole(b->l, f->fd, buf, size, off, 1);
+        return write_whole(b->l, f->fd, buf, size, off, f->kind == DBM_SQLFILE_SHM);
     int zeroed = f->kind == DBM_SQLFILE_JOURNAL && off == 0 && size >= 28 && !memcmp(buf, (char[28]){ 0 }, 28);
     /* PERSIST's commit (the journal's header zeroed): with the writeback
      * cache the transaction's pages may still be in the kernel; failing,
@@ -769,7 +773,7 @@ ssize_t dbm_livedb_write(struct dbm_dbhandle *h, const void *buf, size_t size, o
          * the kernel writes back (writeback cache): read at sync points */
         ret = write_whole(b->l, f->fd, buf, size, off, f->kind == DBM_SQLFILE_WAL && !f->unlinked);
         if (f->kind == DBM_SQLFILE_WAL && !f->unlinked)
-            __atomic_add_fetch(&b->wal_writes, 1, __ATOMIC_RELEASE);
+            wal_changed(b);
         goto out;
     }
     if (f->kind == DBM_SQLFILE_DB) {

@@ -108,12 +108,12 @@ void dbm_wb_txn_write(struct base *b, uint64_t off, uint64_t size, int err)
         if (end <= r->start || off >= r->end) {
             i++;
         } else if (off > r->start && end < r->end) {
-            struct dbm_wb_range tail = { end, r->end };
-            r->end = off;
-            if (dbm_grow((void **)&b->wb_refused, &b->wb_refused_cap, b->nwb_refused + 1, sizeof *b->wb_refused) < 0)
-                b->wb_refused[i].end = tail.end; /* keep it whole: never less than refused */
-            else
-                b->wb_refused[b->nwb_refused++] = tail;
+            /* split in two; with no room for the tail it stays whole: never less than refused */
+            if (dbm_grow((void **)&b->wb_refused, &b->wb_refused_cap, b->nwb_refused + 1, sizeof *b->wb_refused) == 0) {
+                r = &b->wb_refused[i]; /* the array may have moved */
+                b->wb_refused[b->nwb_refused++] = (struct dbm_wb_range){ end, r->end };
+                r->end = off;
+            }
             i++;
         } else if (off > r->start) {
             r->end = off;
